@@ -1,0 +1,103 @@
+#pragma once
+
+/// \file
+/// Checkpointable Transformer blocks: the C++ counterpart of Hugging Face's
+/// GradientCheckpointingLayer and of `model.gradient_checkpointing_enable()`.
+///
+/// A block opts in by deriving from CheckpointableModule instead of
+/// torch::nn::Module; the model runs it with remat::nn::forward(block, ...),
+/// which checkpoints the call while the block is marked, the model is in
+/// training mode.
+/// \code
+///   struct BlockImpl : remat::nn::CheckpointableModule {
+///     torch::Tensor forward(torch::Tensor x);
+///   };
+///   TORCH_MODULE(Block);
+///   ...
+///   for (auto& block : blocks) x = remat::nn::forward(block, x);
+///   ...
+///   remat::nn::gradient_checkpointing_enable(*model);  // every block
+///   remat::nn::gradient_checkpointing_enable(
+///       *model, remat::nn::GradientCheckpointingOptions().every_n_blocks(2));
+/// \endcode
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "remat/checkpoint.h"
+
+namespace remat::nn {
+
+/// Which blocks gradient_checkpointing_enable() marks, and how they are
+/// checkpointed.
+struct GradientCheckpointingOptions {
+  /// Options for every checkpoint() call of a marked block (the
+  /// `gradient_checkpointing_kwargs` of Hugging Face). Default: defaults.
+  TORCH_ARG(CheckpointOptions, checkpoint_options) = {};
+
+  /// Mark every N-th checkpointable block in module order: blocks 0, N, 2N,
+  /// ... Default 1: every block. Must be at least 1.
+  TORCH_ARG(int64_t, every_n_blocks) = 1;
+
+  /// When set, marks exactly the blocks for which it returns true, given the
+  /// block's index among checkpointable blocks and its qualified name (e.g.
+  /// "layers.3"); `every_n_blocks` then must stay 1. Default: unset.
+  TORCH_ARG(std::function<bool(int64_t index, const std::string& name)>, predicate) = nullptr;
+};
+
+namespace detail {
+struct CheckpointingPlan;
+}  // namespace detail
+
+/// Base class for a block that gradient checkpointing can mark. It adds no
+/// parameters and no behaviour until gradient_checkpointing_enable() marks it.
+class CheckpointableModule : public torch::nn::Module {
+ public:
+  using torch::nn::Module::Module;
+
+  /// True once gradient_checkpointing_enable() marked this block.
+  bool gradient_checkpointing() const { return plan_ != nullptr; }
+
+  /// True when the block is marked and in training mode (as Hugging Face's
+  /// `gradient_checkpointing and training`): its calls go through
+  /// checkpoint(), which, under NoGradGuard, simply runs them.
+  bool is_checkpointing() const;
+
+  /// The options the block's checkpoint() calls use.
+  const CheckpointOptions& checkpoint_options() const;
+
+  /// For blocks that take a KV cache: returns `use_cache`, except while
+  /// checkpointing, when the cache cannot be kept and it returns false,
+  /// warning once per model (not once per step).
+  bool resolve_use_cache(bool use_cache) const;
+
+ private:
+  friend void set_plan(CheckpointableModule&, std::shared_ptr<detail::CheckpointingPlan>);
+  std::shared_ptr<detail::CheckpointingPlan> plan_;
+};
+
+/// Marks the checkpointable blocks under `root` (root included) as
+/// `options` says, replacing earlier marks. Returns how many were marked.
+int64_t gradient_checkpointing_enable(torch::nn::Module& root,
+                                      const GradientCheckpointingOptions& options = {});
+
+/// Unmarks every checkpointable block under `root`.
+void gradient_checkpointing_disable(torch::nn::Module& root);
+
+/// True when some block under `root` is marked.
+bool is_gradient_checkpointing(const torch::nn::Module& root);
+
+/// Runs `block->forward(args...)`, through remat::checkpoint() while the
+/// block is checkpointing (see CheckpointableModule::is_checkpointing).
+template <typename M, typename... Args>
+auto forward(M& block, Args&&... args) {
+  if (block->is_checkpointing()) {
+    return remat::checkpoint(block, std::forward<Args>(args)..., block->checkpoint_options());
+  }
+  return block->forward(std::forward<Args>(args)...);
+}
+
+}  // namespace remat::nn

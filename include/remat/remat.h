@@ -1,0 +1,9 @@
+#pragma once
+
+/// \file
+/// Everything remat offers, in one include.
+
+#include "remat/checkpoint.h"
+#include "remat/logging.h"
+#include "remat/memory.h"
+#include "remat/nn/checkpointable.h"

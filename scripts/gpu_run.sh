@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# On a CUDA machine: builds remat, runs the whole test suite (CUDA tests
+# included), the checkpoint benchmark and the demo, and writes the logs and
+# results into OUTDIR. Expects torch importable by python3 (or
+# CMAKE_PREFIX_PATH) and the build tools installed.
+#
+#   scripts/gpu_run.sh OUTDIR
+set -uo pipefail
+out=${1:?usage: scripts/gpu_run.sh OUTDIR}
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${REMAT_BUILD_DIR:-/tmp/remat-gpu-build}
+mkdir -p "$out"
+prefix=${CMAKE_PREFIX_PATH:-$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')}
+
+{
+  date -u +%Y-%m-%dT%H:%M:%SZ
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  git -C "$root" rev-parse --short HEAD 2>/dev/null || true
+} >"$out/device.txt" 2>&1
+cat "$out/device.txt"
+
+set -e
+mkdir -p "$build"
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
+  >"$build/configure.log" 2>&1 || { cp "$build/configure.log" "$out/"; tail -40 "$out/configure.log"; exit 1; }
+cmake --build "$build" >"$build/build.log" 2>&1 ||
+  { cp "$build/build.log" "$out/"; grep -E "error|FAILED" -A5 "$out/build.log" | head -60; exit 1; }
+set +e
+
+status=0
+(cd "$build" && ctest --output-on-failure -j 8 >"$out/ctest.log" 2>&1) || status=1
+tail -15 "$out/ctest.log"
+"$build/tests/cuda_test" --gtest_output=json:"$out/cuda_test.json" >"$out/cuda_test.log" 2>&1 || status=1
+grep -E "peak allocated|held after|OK|FAILED" "$out/cuda_test.log"
+"$build/benchmarks/checkpoint_bench" --benchmark_filter='cuda:1' --benchmark_repetitions=3 \
+  --benchmark_report_aggregates_only=true --benchmark_out="$out/checkpoint_bench.json" \
+  --benchmark_out_format=json 2>&1 | tee "$out/checkpoint_bench.txt" | tail -12
+"$build/examples/remat-demo" --device cuda --layers 12 --dim 768 --heads 12 --batch 16 --seq 512 \
+  --steps 30 2>&1 | tee "$out/demo_cuda.txt" | tail -8
+# Deterministic kernels on both runs: the two loss columns must agree exactly.
+CUBLAS_WORKSPACE_CONFIG=:4096:8 "$build/examples/remat-demo" --device cuda --deterministic \
+  --steps 10 2>&1 | tee "$out/demo_cuda_deterministic.txt" | tail -5
+exit $status

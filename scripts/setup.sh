@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Sets up a Debian 12 (or Ubuntu) machine to build remat, then configures and
+# builds it. Idempotent: what is already there is not installed again.
+#
+#   scripts/setup.sh              # install what is missing, configure, build
+#
+# Environment:
+#   CMAKE_PREFIX_PATH / Torch_DIR  use this LibTorch (zip or own build) instead
+#                                  of the pip wheel
+#   REMAT_VENV        Python venv holding torch (default ~/.cache/remat/venv)
+#   REMAT_BUILD_DIR   build directory (default ./build)
+#   REMAT_TORCH_SPEC  pip requirement for torch (default torch==2.11.0)
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${REMAT_VENV:-$HOME/.cache/remat/venv}
+build=${REMAT_BUILD_DIR:-$root/build}
+torch_spec=${REMAT_TORCH_SPEC:-torch==2.11.0}
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_packages() {
+  local wanted=(g++ cmake ninja-build git python3 python3-venv python3-pip
+    libfmt-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
+    libcli11-dev nlohmann-json3-dev)
+  local missing=()
+  for pkg in "${wanted[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then return; fi
+  log "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+}
+
+# Prints the CMake prefix of the LibTorch to build against.
+torch_prefix() {
+  if [ -n "${Torch_DIR:-}" ]; then
+    echo "$Torch_DIR"
+    return
+  fi
+  if [ -n "${CMAKE_PREFIX_PATH:-}" ]; then
+    echo "$CMAKE_PREFIX_PATH"
+    return
+  fi
+  if ! "$venv/bin/python" -c 'import torch' >/dev/null 2>&1; then
+    log "installing $torch_spec into $venv (a CUDA build of several GB; once)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q "$torch_spec" numpy
+  fi
+  "$venv/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)'
+}
+
+install_packages
+prefix=$(torch_prefix)
+if [ ! -f "$build/build.ninja" ] || [ "$prefix" != "$(cat "$build/.remat-torch-prefix" 2>/dev/null)" ]; then
+  log "configuring $build against $prefix"
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+  echo "$prefix" >"$build/.remat-torch-prefix"
+fi
+log "building"
+cmake --build "$build"
