@@ -6,8 +6,9 @@
 #
 # Environment:
 #   CMAKE_PREFIX_PATH / Torch_DIR  use this LibTorch (zip or own build) instead
-#                                  of the pip wheel
-#   REMAT_VENV        Python venv holding torch (default ~/.cache/remat/venv)
+#                                  of the pip wheel's
+#   REMAT_VENV        Python venv with torch and the Hugging Face packages the
+#                     tests compare against (default ~/.cache/remat/venv)
 #   REMAT_BUILD_DIR   build directory (default ./build)
 #   REMAT_TORCH_SPEC  pip requirement for torch (default torch==2.11.0)
 set -euo pipefail
@@ -26,7 +27,7 @@ as_root() {
 install_packages() {
   local wanted=(g++ cmake ninja-build git python3 python3-venv python3-pip
     libfmt-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
-    libcli11-dev nlohmann-json3-dev)
+    libcli11-dev nlohmann-json3-dev libonig-dev)
   local missing=()
   for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
@@ -39,31 +40,37 @@ install_packages() {
     "${missing[@]}" >/dev/null
 }
 
+# The venv: torch (whose LibTorch is built against unless the user gives
+# one) and the Hugging Face packages the tests use as the reference.
+python_packages=("$torch_spec" numpy transformers==5.24.0 tokenizers==0.23.3 safetensors==0.8.0)
+ensure_venv() {
+  if "$venv/bin/python" -c 'import torch, transformers, tokenizers, safetensors' >/dev/null 2>&1; then
+    return
+  fi
+  log "installing ${python_packages[*]} into $venv (torch is a CUDA build of several GB; once)"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q "${python_packages[@]}"
+}
+
 # Prints the CMake prefix of the LibTorch to build against.
 torch_prefix() {
   if [ -n "${Torch_DIR:-}" ]; then
     echo "$Torch_DIR"
-    return
-  fi
-  if [ -n "${CMAKE_PREFIX_PATH:-}" ]; then
+  elif [ -n "${CMAKE_PREFIX_PATH:-}" ]; then
     echo "$CMAKE_PREFIX_PATH"
-    return
+  else
+    "$venv/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)'
   fi
-  if ! "$venv/bin/python" -c 'import torch' >/dev/null 2>&1; then
-    log "installing $torch_spec into $venv (a CUDA build of several GB; once)"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip
-    "$venv/bin/pip" install -q "$torch_spec" numpy
-  fi
-  "$venv/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)'
 }
 
 install_packages
+ensure_venv
 prefix=$(torch_prefix)
 if [ ! -f "$build/build.ninja" ] || [ "$prefix" != "$(cat "$build/.remat-torch-prefix" 2>/dev/null)" ]; then
   log "configuring $build against $prefix"
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+    -DCMAKE_PREFIX_PATH="$prefix" -DPython3_EXECUTABLE="$venv/bin/python" >/dev/null
   echo "$prefix" >"$build/.remat-torch-prefix"
 fi
 log "building"
