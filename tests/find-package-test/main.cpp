@@ -1,5 +1,7 @@
 // Checks that an installed remat is usable: one checkpointed training step
-// gives the same gradient as the plain step.
+// gives the same gradient as the plain step, and the tokenizer (with its
+// Oniguruma and utf8proc link dependencies) encodes and decodes.
+#include <remat/io/tokenizer.h>
 #include <remat/remat.h>
 
 #include <iostream>
@@ -20,6 +22,15 @@ int main() {
       .backward();
   if (!torch::equal(plain, layer->weight.grad())) {
     std::cerr << "checkpointed gradient differs from the plain one\n";
+    return 1;
+  }
+  const auto tok = remat::io::Tokenizer::from_json(R"({
+    "normalizer": {"type": "NFC"},
+    "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false},
+    "decoder": {"type": "ByteLevel"},
+    "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]}})");
+  if (tok.encode("abba") != std::vector<int64_t>{2, 1, 0} || tok.decode({2, 1, 0}) != "abba") {
+    std::cerr << "the tokenizer gives wrong ids\n";
     return 1;
   }
   remat::logger()->info("installed remat works");
