@@ -228,11 +228,14 @@ std::vector<uint32_t> BpeModel::merge_word(std::string_view word) const {
     symbols[i] = Symbol{ids[i], i - 1, i + 1 < n ? i + 1 : -1, lengths[i]};
   }
   std::priority_queue<Candidate, std::vector<Candidate>, LaterCandidate> queue;
-  for (int64_t i = 0; i + 1 < n; ++i) {
-    if (const Merge* m = find_merge(symbols[i].id, symbols[i + 1].id)) {
-      queue.push({m->rank, static_cast<size_t>(i), m->new_id});
+  // Queues the merge of the symbol at `pos` with the one after it, if any.
+  const auto propose = [&](int64_t pos) {
+    if (pos < 0 || symbols[pos].next == -1) return;
+    if (const Merge* m = find_merge(symbols[pos].id, symbols[symbols[pos].next].id)) {
+      queue.push({m->rank, static_cast<size_t>(pos), m->new_id});
     }
-  }
+  };
+  for (int64_t i = 0; i < n; ++i) propose(i);
   while (!queue.empty()) {
     const Candidate top = queue.top();
     queue.pop();
@@ -246,20 +249,12 @@ std::vector<uint32_t> BpeModel::merge_word(std::string_view word) const {
     current.length += right.length;
     current.next = right.next;
     if (right.next != -1) symbols[right.next].prev = static_cast<int64_t>(top.pos);
-    if (current.prev >= 0) {
-      if (const Merge* m = find_merge(symbols[current.prev].id, current.id)) {
-        queue.push({m->rank, static_cast<size_t>(current.prev), m->new_id});
-      }
-    }
-    if (current.next != -1) {
-      if (const Merge* m = find_merge(current.id, symbols[current.next].id)) {
-        queue.push({m->rank, top.pos, m->new_id});
-      }
-    }
+    propose(current.prev);
+    propose(static_cast<int64_t>(top.pos));
   }
   std::vector<uint32_t> result;
-  for (const Symbol& s : symbols) {
-    if (s.length != 0) result.push_back(s.id);
+  for (const Symbol& symbol : symbols) {
+    if (symbol.length != 0) result.push_back(symbol.id);
   }
   return result;
 }

@@ -90,42 +90,54 @@ std::vector<AddedToken> extra_tokens(const Json& config) {
   return out;
 }
 
+// The *_token entries of the config, in the order transformers registers
+// them: its seven named tokens, then model-specific ones in file order. A
+// named token whose content is a known AddedToken takes that token's
+// options. `contents` gets each key's token content.
+std::vector<AddedToken> named_tokens(const Json& config, const std::vector<std::string>& key_order,
+                                     const Json& root,
+                                     std::unordered_map<std::string, std::string>& contents) {
+  const auto known = known_tokens(config, root);
+  std::vector<std::string> keys(std::begin(kNamedTokens), std::end(kNamedTokens));
+  for (const std::string& key : key_order) {
+    if (ends_with_token(key) && !is_named(key)) keys.push_back(key);
+  }
+  std::vector<AddedToken> tokens;
+  for (const std::string& key : keys) {
+    const Json* value = optional_field(config, key.c_str());
+    if (value == nullptr) continue;
+    auto token = special_token(*value, "tokenizer_config.json " + key);
+    if (!token && is_named(key)) {
+      fail("tokenizer_config.json " + key + " must be a string or an AddedToken object, got " +
+           brief(*value));
+    }
+    if (!token) continue;
+    if (auto it = known.find(token->content); is_named(key) && it != known.end()) {
+      token = it->second;
+    }
+    contents[key] = token->content;
+    tokens.push_back(*token);
+  }
+  return tokens;
+}
+
 }  // namespace
 
 void Pipeline::apply_config(const Json& config, const std::vector<std::string>& key_order,
                             const Json& root) {
   expect_object(config, "tokenizer_config.json");
-  const auto known = known_tokens(config, root);
+  std::unordered_map<std::string, std::string> contents;
   std::vector<AddedToken> tokens = decoder_tokens(config);
-  std::unordered_map<std::string, std::string> named_contents;
-  std::vector<std::string> keys(std::begin(kNamedTokens), std::end(kNamedTokens));
-  for (const std::string& key : key_order) {
-    if (ends_with_token(key) && !is_named(key)) keys.push_back(key);
-  }
-  for (const std::string& key : keys) {
-    const Json* value = optional_field(config, key.c_str());
-    if (value == nullptr) continue;
-    auto token = special_token(*value, "tokenizer_config.json " + key);
-    if (!token) {
-      if (is_named(key))
-        fail("tokenizer_config.json " + key + " must be a string or an AddedToken object, got " +
-             brief(*value));
-      continue;
-    }
-    if (auto it = known.find(token->content); is_named(key) && it != known.end())
-      token = it->second;
-    named_contents[key] = token->content;
-    tokens.push_back(*token);
-  }
-  for (AddedToken& token : extra_tokens(config)) tokens.push_back(std::move(token));
+  for (AddedToken& token : named_tokens(config, key_order, root, contents)) tokens.push_back(token);
+  for (AddedToken& token : extra_tokens(config)) tokens.push_back(token);
   for (const AddedToken& token : tokens) added_.add(token, *model_);
   added_.set_split_special_tokens(
       bool_field(config, "split_special_tokens", "tokenizer_config.json", false));
   added_.rebuild(*model_, normalizer_.get());
   update_vocab_size();
   const auto id_of = [&](const char* key) -> std::optional<int64_t> {
-    auto it = named_contents.find(key);
-    return it == named_contents.end() ? std::nullopt : token_to_id(it->second);
+    auto it = contents.find(key);
+    return it == contents.end() ? std::nullopt : token_to_id(it->second);
   };
   bos_token_id = id_of("bos_token");
   eos_token_id = id_of("eos_token");
