@@ -29,6 +29,20 @@ struct SeedingFixture : public ::testing::Test {
     }                                                                                        \
   } while (false)
 
+/// Asserts that `statement` throws an exception of `type` (derived from
+/// std::exception) whose what() contains `substring`.
+#define ASSERT_THROWS_TYPE_WITH(statement, type, substring)                                  \
+  do {                                                                                       \
+    try {                                                                                    \
+      (void)(statement);                                                                     \
+      FAIL() << "Expected statement `" #statement "` to throw " #type;                       \
+    } catch (const type& e) {                                                                \
+      std::string message = e.what();                                                        \
+      ASSERT_NE(message.find(substring), std::string::npos)                                  \
+          << "Error message \"" << message << "\" does not contain \"" << substring << "\""; \
+    }                                                                                        \
+  } while (false)
+
 /// Bitwise equality: same shape, dtype and every element identical.
 inline ::testing::AssertionResult bitwise_equal(const torch::Tensor& a, const torch::Tensor& b) {
   if (!a.defined() || !b.defined()) {
