@@ -12,6 +12,21 @@ build=${REMAT_BUILD_DIR:-/tmp/remat-gpu-build}
 mkdir -p "$out"
 prefix=${CMAKE_PREFIX_PATH:-$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')}
 
+# A machine with the Oniguruma runtime but without its development files:
+# .deps/onig holds the unpacked libonig-dev package (headers and the
+# unversioned library link), pointed at the installed runtime here.
+if [ -d "$root/.deps/onig/usr/include" ] && [ ! -f /usr/include/oniguruma.h ]; then
+  onig=/tmp/remat-deps/onig
+  rm -rf "$onig" && mkdir -p "$onig/lib"
+  cp -r "$root/.deps/onig/usr/include" "$onig/include"
+  ln -sf "$(ls /usr/lib/x86_64-linux-gnu/libonig.so.* | head -n 1)" "$onig/lib/libonig.so"
+  prefix="$prefix;$onig"
+fi
+# Likewise utf8proc (.deps/utf8proc: the unpacked runtime and -dev packages).
+if [ -d "$root/.deps/utf8proc/usr/include" ] && [ ! -f /usr/include/utf8proc.h ]; then
+  prefix="$prefix;$root/.deps/utf8proc/usr"
+fi
+
 {
   date -u +%Y-%m-%dT%H:%M:%SZ
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -23,6 +38,7 @@ cat "$out/device.txt"
 set -e
 mkdir -p "$build"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
+  -DPython3_EXECUTABLE="$(command -v python3)" \
   >"$build/configure.log" 2>&1 || { cp "$build/configure.log" "$out/"; tail -40 "$out/configure.log"; exit 1; }
 cmake --build "$build" >"$build/build.log" 2>&1 ||
   { cp "$build/build.log" "$out/"; grep -E "error|FAILED" -A5 "$out/build.log" | head -60; exit 1; }

@@ -11,6 +11,7 @@ namespace detail {
 // that model-wide state (the use_cache warning) is per model, not per block.
 struct CheckpointingPlan {
   CheckpointOptions options;
+  Granularity granularity = Granularity::kBlock;
   std::atomic<bool> use_cache_warned{false};
 };
 
@@ -49,6 +50,10 @@ void validate(const GradientCheckpointingOptions& options) {
 
 bool CheckpointableModule::is_checkpointing() const { return plan_ != nullptr && is_training(); }
 
+bool CheckpointableModule::checkpoints(Granularity part) const {
+  return is_checkpointing() && plan_->granularity == part;
+}
+
 const CheckpointOptions& CheckpointableModule::checkpoint_options() const {
   static const CheckpointOptions defaults;
   return plan_ ? plan_->options : defaults;
@@ -67,6 +72,7 @@ int64_t gradient_checkpointing_enable(torch::nn::Module& root,
   validate(options);
   auto plan = std::make_shared<detail::CheckpointingPlan>();
   plan->options = options.checkpoint_options();
+  plan->granularity = options.granularity();
   int64_t marked = 0;
   for_each_block(root, [&](CheckpointableModule& block, int64_t index, const std::string& name) {
     bool mark = options.predicate() ? options.predicate()(index, name)

@@ -116,6 +116,20 @@ TEST_F(CheckpointableTest, EnableReplacesEarlierMarks) {
   EXPECT_EQ(marks(model), (std::vector<bool>{true, false, false, true}));
 }
 
+TEST_F(CheckpointableTest, SubBlockGranularityLeavesTheBlockCallToTheBlock) {
+  GptStack model(2, 16, 2, 0.0);
+  remat::nn::gradient_checkpointing_enable(
+      *model, GradientCheckpointingOptions().granularity(remat::nn::Granularity::kMlp));
+  const auto& block = model->blocks[0];
+  EXPECT_TRUE(block->checkpoints(remat::nn::Granularity::kMlp));
+  EXPECT_FALSE(block->checkpoints(remat::nn::Granularity::kBlock));
+  EXPECT_FALSE(block->checkpoints(remat::nn::Granularity::kAttention));
+  auto y = model->forward(torch::randn({1, 4, 16}));
+  EXPECT_EQ(y.grad_fn()->name().find("CheckpointFunction"), std::string::npos);
+  model->eval();
+  EXPECT_FALSE(block->checkpoints(remat::nn::Granularity::kMlp));
+}
+
 TEST_F(CheckpointableTest, InvalidOptionsAreErrors) {
   GptStack model(2, 16, 2, 0.0);
   ASSERT_THROWS_WITH(remat::nn::gradient_checkpointing_enable(

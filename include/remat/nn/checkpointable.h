@@ -31,6 +31,11 @@
 
 namespace remat::nn {
 
+/// What a marked block checkpoints: the whole block, or one sub-block of a
+/// Transformer layer (the attention or the MLP), the selective policies that
+/// trade less memory saving for less recompute.
+enum class Granularity { kBlock, kAttention, kMlp };
+
 /// Which blocks gradient_checkpointing_enable() marks, and how they are
 /// checkpointed.
 struct GradientCheckpointingOptions {
@@ -46,6 +51,11 @@ struct GradientCheckpointingOptions {
   /// block's index among checkpointable blocks and its qualified name (e.g.
   /// "layers.3"); `every_n_blocks` then must stay 1. Default: unset.
   TORCH_ARG(std::function<bool(int64_t index, const std::string& name)>, predicate) = nullptr;
+
+  /// What each marked block checkpoints. Default Granularity::kBlock. The
+  /// sub-block granularities need blocks that ask checkpoints(part), as
+  /// remat's Transformer layers do.
+  TORCH_ARG(Granularity, granularity) = Granularity::kBlock;
 };
 
 namespace detail {
@@ -69,6 +79,11 @@ class CheckpointableModule : public torch::nn::Module {
   /// The options the block's checkpoint() calls use.
   const CheckpointOptions& checkpoint_options() const;
 
+  /// True when the block is checkpointing with granularity `part`: a layer
+  /// asks checkpoints(Granularity::kAttention) to decide whether to run its
+  /// attention through checkpoint().
+  bool checkpoints(Granularity part) const;
+
   /// For blocks that take a KV cache: returns `use_cache`, except while
   /// checkpointing, when the cache cannot be kept and it returns false,
   /// warning once per model (not once per step).
@@ -91,10 +106,10 @@ void gradient_checkpointing_disable(torch::nn::Module& root);
 bool is_gradient_checkpointing(const torch::nn::Module& root);
 
 /// Runs `block->forward(args...)`, through remat::checkpoint() while the
-/// block is checkpointing (see CheckpointableModule::is_checkpointing).
+/// block is checkpointing whole (see CheckpointableModule::checkpoints).
 template <typename M, typename... Args>
 auto forward(M& block, Args&&... args) {
-  if (block->is_checkpointing()) {
+  if (block->checkpoints(Granularity::kBlock)) {
     return remat::checkpoint(block, std::forward<Args>(args)..., block->checkpoint_options());
   }
   return block->forward(std::forward<Args>(args)...);

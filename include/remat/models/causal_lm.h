@@ -1,0 +1,167 @@
+#pragma once
+
+/// \file
+/// Causal language models (GPT-2 and the Llama family) that read and write
+/// Hugging Face directories, compute what transformers computes, checkpoint
+/// every decoder layer on request and generate with a KV cache.
+/// \code
+///   auto model = remat::models::AutoModelForCausalLM::from_pretrained("tiny-llama");
+///   model->gradient_checkpointing_enable();
+///   remat::models::CausalLMInputs inputs;
+///   inputs.input_ids = ids;
+///   inputs.labels = ids;
+///   model->forward(inputs).loss.backward();
+///   auto tokens = model->generate(prompt);
+///   model->save_pretrained("out");
+/// \endcode
+
+#include <torch/torch.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "remat/models/config.h"
+#include "remat/nn/checkpointable.h"
+
+namespace remat::models {
+
+/// Keys and values of every layer for the tokens seen so far, each
+/// [batch, kv_heads, tokens, head_dim].
+struct KVCache {
+  std::vector<torch::Tensor> keys;
+  std::vector<torch::Tensor> values;
+
+  /// Tokens cached (0 when empty).
+  int64_t length() const { return keys.empty() ? 0 : keys.front().size(2); }
+};
+
+/// The inputs of CausalLMImpl::forward, with Hugging Face's names.
+struct CausalLMInputs {
+  /// [batch, tokens] int64 token ids.
+  torch::Tensor input_ids;
+  /// [batch, past + tokens]: 1 for real tokens, 0 for padding. Default: all 1.
+  std::optional<torch::Tensor> attention_mask;
+  /// [batch, tokens] positions. Default: past, past + 1, ...
+  std::optional<torch::Tensor> position_ids;
+  /// [batch, tokens] targets; the loss is transformers' shifted causal-LM
+  /// loss, ignoring -100.
+  std::optional<torch::Tensor> labels;
+  /// The cache of earlier tokens (incremental decoding).
+  std::optional<KVCache> past_key_values;
+  /// Return the updated cache. Forced off while checkpointing in training.
+  bool use_cache = false;
+  /// When set, the loss is the sum over counted tokens divided by this (the
+  /// Trainer passes the token count of all accumulated micro-batches).
+  std::optional<int64_t> num_items_in_batch;
+};
+
+/// What CausalLMImpl::forward returns.
+struct CausalLMOutput {
+  /// [batch, tokens, vocab] in the model's dtype.
+  torch::Tensor logits;
+  /// Scalar float32 loss when labels were given, else undefined.
+  torch::Tensor loss;
+  /// The updated cache when use_cache was on.
+  std::optional<KVCache> past_key_values;
+};
+
+/// How generate() picks tokens; the fields and defaults of transformers'
+/// GenerationConfig that remat supports.
+struct GenerationConfig {
+  int64_t max_new_tokens = 20;
+  /// false: greedy (argmax); true: sample after temperature, top-k, top-p.
+  bool do_sample = false;
+  double temperature = 1.0;
+  /// 0 disables top-k.
+  int64_t top_k = 50;
+  double top_p = 1.0;
+  /// Seeds the global generators before sampling (as transformers.set_seed).
+  std::optional<uint64_t> seed;
+  /// Stop tokens; default: the model config's eos_token_id.
+  std::optional<std::vector<int64_t>> eos_token_ids;
+  /// Written after a sequence has finished; default: pad_token_id, else the
+  /// first EOS token.
+  std::optional<int64_t> pad_token_id;
+  /// Decode incrementally with a KV cache (same tokens, faster).
+  bool use_cache = true;
+};
+
+/// The logits processing of sampling, as transformers applies it:
+/// temperature, then top-k, then top-p (filtered entries become -inf).
+/// `logits` is [batch, vocab].
+torch::Tensor apply_logits_warpers(torch::Tensor logits, const GenerationConfig& generation);
+
+/// Base of remat's causal LMs: a torch module whose parameter names are
+/// transformers' weight names.
+class CausalLMImpl : public torch::nn::Module {
+ public:
+  explicit CausalLMImpl(ModelConfig config) : config_(std::move(config)) {}
+
+  const ModelConfig& config() const { return config_; }
+
+  /// Logits, loss (with labels) and the new cache (with use_cache).
+  virtual CausalLMOutput forward(const CausalLMInputs& inputs) = 0;
+
+  /// Re-initializes every weight as transformers does for a fresh model.
+  virtual void init_weights() = 0;
+
+  /// The tensors transformers saves, by name (tied weights once).
+  std::map<std::string, torch::Tensor> hf_state_dict() const;
+
+  /// Copies `weights` (transformers' names; dtype converted) into the model.
+  /// Missing weights are an error naming them; unused ones are logged.
+  void load_hf_state_dict(const std::map<std::string, torch::Tensor>& weights);
+
+  /// Appends `max_new_tokens` tokens to each row of `input_ids` [batch,
+  /// tokens]; rows of a batch are left-padded, with `attention_mask` marking
+  /// the real tokens. Finished rows are filled with the pad token.
+  torch::Tensor generate(const torch::Tensor& input_ids, const GenerationConfig& generation = {},
+                         const std::optional<torch::Tensor>& attention_mask = std::nullopt);
+
+  /// Writes config.json and model.safetensors (sharded above
+  /// `max_shard_bytes`) into `dir`, plus the tokenizer files of the
+  /// directory the model was loaded from, so transformers loads it back.
+  void save_pretrained(const std::string& dir, int64_t max_shard_bytes = 5'000'000'000) const;
+
+  /// Marks every decoder layer (or as `options` says) for checkpointing.
+  int64_t gradient_checkpointing_enable(const nn::GradientCheckpointingOptions& options = {});
+  void gradient_checkpointing_disable();
+  bool is_gradient_checkpointing() const;
+
+  /// The directory from_pretrained() read, if any (tokenizer files).
+  const std::string& source_dir() const { return source_dir_; }
+  void set_source_dir(std::string dir) { source_dir_ = std::move(dir); }
+
+ protected:
+  /// Weight names that are aliases of another weight and not saved.
+  virtual std::vector<std::string> tied_weight_names() const { return {}; }
+  /// Maps a name found in a file to the model's name ("" to ignore it).
+  virtual std::string canonical_name(const std::string& name) const { return name; }
+  /// Loss as transformers' ForCausalLMLoss.
+  static torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels,
+                                      std::optional<int64_t> num_items_in_batch);
+
+  ModelConfig config_;
+  std::string source_dir_;
+};
+
+/// Options for AutoModelForCausalLM.
+struct FromPretrainedOptions {
+  /// Parameter dtype; weights are converted on load. Default float32.
+  torch::Dtype dtype = torch::kFloat;
+  torch::Device device = torch::kCPU;
+};
+
+/// Builds the model a config.json names.
+struct AutoModelForCausalLM {
+  /// Reads `dir`/config.json and the safetensors weights (sharded or not).
+  static std::shared_ptr<CausalLMImpl> from_pretrained(const std::string& dir,
+                                                       const FromPretrainedOptions& options = {});
+  /// A freshly initialized model.
+  static std::shared_ptr<CausalLMImpl> from_config(const ModelConfig& config,
+                                                   const FromPretrainedOptions& options = {});
+};
+
+}  // namespace remat::models

@@ -1,0 +1,236 @@
+// GPT-2 (transformers' GPT2LMHeadModel): learned positions, LayerNorm,
+// Conv1D-layout projections, tied LM head.
+
+#include <cmath>
+
+#include "factory.h"
+#include "layers.h"
+
+namespace remat::models::detail {
+namespace {
+
+using torch::Tensor;
+using Tensors = std::vector<Tensor>;
+
+// transformers' Conv1D: y = x W + b with W stored [in, out].
+struct Conv1DImpl : torch::nn::Module {
+  Conv1DImpl(int64_t in, int64_t out)
+      : weight(register_parameter("weight", torch::empty({in, out}))),
+        bias(register_parameter("bias", torch::zeros({out}))) {}
+  Tensor forward(const Tensor& x) {
+    auto shape = x.sizes().vec();
+    shape.back() = weight.size(1);
+    return torch::addmm(bias, x.reshape({-1, x.size(-1)}), weight).view(shape);
+  }
+  Tensor weight, bias;
+};
+TORCH_MODULE(Conv1D);
+
+struct GPT2AttentionImpl : torch::nn::Module {
+  GPT2AttentionImpl(const ModelConfig& c, int64_t layer)
+      : heads(c.num_attention_heads),
+        dropout(c.attn_pdrop),
+        resid_dropout(c.resid_pdrop),
+        c_attn(register_module("c_attn", Conv1D(c.hidden_size, 3 * c.hidden_size))),
+        c_proj(register_module("c_proj", Conv1D(c.hidden_size, c.hidden_size))) {
+    const double head_dim = static_cast<double>(c.hidden_size / heads);
+    scale = c.scale_attn_weights ? std::pow(head_dim, -0.5) : 1.0;
+    if (c.scale_attn_by_inverse_layer_idx) scale /= static_cast<double>(layer + 1);
+  }
+
+  // Returns {output} or, with use_cache, {output, keys, values}.
+  Tensors forward(const Tensor& x, const std::optional<Tensor>& mask, bool is_causal,
+                  const std::optional<Tensor>& past_k, const std::optional<Tensor>& past_v,
+                  bool use_cache) {
+    auto b = x.size(0), t = x.size(1), d = x.size(2);
+    auto qkv = c_attn(x).view({b, t, 3, heads, d / heads}).permute({2, 0, 3, 1, 4});
+    auto q = qkv[0], k = qkv[1], v = qkv[2];
+    if (past_k) {
+      k = torch::cat({*past_k, k}, 2);
+      v = torch::cat({*past_v, v}, 2);
+    }
+    auto y = attention(q, k, v, {mask, is_causal}, scale, is_training() ? dropout : 0.0);
+    y = torch::dropout(c_proj(y), resid_dropout, is_training());
+    if (use_cache) return {y, k, v};
+    return {y};
+  }
+
+  int64_t heads;
+  double scale = 1.0, dropout, resid_dropout;
+  Conv1D c_attn, c_proj;
+};
+TORCH_MODULE(GPT2Attention);
+
+struct GPT2MLPImpl : torch::nn::Module {
+  explicit GPT2MLPImpl(const ModelConfig& c)
+      : act(c.activation_function),
+        dropout(c.resid_pdrop),
+        c_fc(register_module("c_fc", Conv1D(c.hidden_size, c.intermediate_size))),
+        c_proj(register_module("c_proj", Conv1D(c.intermediate_size, c.hidden_size))) {}
+  Tensor forward(const Tensor& x) {
+    return torch::dropout(c_proj(activation(act, c_fc(x))), dropout, is_training());
+  }
+  std::string act;
+  double dropout;
+  Conv1D c_fc, c_proj;
+};
+TORCH_MODULE(GPT2MLP);
+
+struct GPT2BlockImpl : nn::CheckpointableModule {
+  GPT2BlockImpl(const ModelConfig& c, int64_t layer)
+      : ln_1(register_module(
+            "ln_1", torch::nn::LayerNorm(
+                        torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_epsilon)))),
+        attn(register_module("attn", GPT2Attention(c, layer))),
+        ln_2(register_module(
+            "ln_2", torch::nn::LayerNorm(
+                        torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_epsilon)))),
+        mlp(register_module("mlp", GPT2MLP(c))) {}
+
+  Tensors forward(const Tensor& x, const std::optional<Tensor>& mask, bool is_causal,
+                  const std::optional<Tensor>& past_k, const std::optional<Tensor>& past_v,
+                  bool use_cache) {
+    auto h = ln_1(x);
+    auto a = checkpoints(nn::Granularity::kAttention)
+                 ? remat::checkpoint(attn, h, mask, is_causal, past_k, past_v, use_cache)
+                 : attn->forward(h, mask, is_causal, past_k, past_v, use_cache);
+    auto y = x + a[0];
+    auto h2 = ln_2(y);
+    y = y + (checkpoints(nn::Granularity::kMlp) ? remat::checkpoint(mlp, h2) : mlp(h2));
+    if (use_cache) return {y, a[1], a[2]};
+    return {y};
+  }
+
+  torch::nn::LayerNorm ln_1;
+  GPT2Attention attn;
+  torch::nn::LayerNorm ln_2;
+  GPT2MLP mlp;
+};
+TORCH_MODULE(GPT2Block);
+
+struct GPT2ModelImpl : torch::nn::Module {
+  explicit GPT2ModelImpl(const ModelConfig& c)
+      : wte(register_module("wte", torch::nn::Embedding(c.vocab_size, c.hidden_size))),
+        wpe(register_module("wpe", torch::nn::Embedding(c.max_position_embeddings, c.hidden_size))),
+        h(register_module("h", torch::nn::ModuleList())),
+        ln_f(register_module(
+            "ln_f", torch::nn::LayerNorm(
+                        torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_epsilon)))) {
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      blocks.emplace_back(c, i);
+      h->push_back(blocks.back());
+    }
+  }
+  torch::nn::Embedding wte, wpe;
+  torch::nn::ModuleList h;
+  torch::nn::LayerNorm ln_f;
+  std::vector<GPT2Block> blocks;
+};
+TORCH_MODULE(GPT2Model);
+
+class GPT2LMHeadModel : public CausalLMImpl {
+ public:
+  explicit GPT2LMHeadModel(const ModelConfig& c)
+      : CausalLMImpl(c), transformer(register_module("transformer", GPT2Model(c))) {
+    if (!c.tie_word_embeddings) {
+      lm_head = register_module(
+          "lm_head",
+          torch::nn::Linear(torch::nn::LinearOptions(c.hidden_size, c.vocab_size).bias(false)));
+    }
+    init_weights();
+  }
+
+  CausalLMOutput forward(const CausalLMInputs& in) override {
+    const auto& ids = in.input_ids;
+    TORCH_CHECK(ids.dim() == 2, "input_ids must be [batch, tokens], got ", ids.sizes());
+    const int64_t b = ids.size(0), t = ids.size(1);
+    bool use_cache = in.use_cache;
+    auto past = in.past_key_values;
+    auto& blocks = transformer->blocks;
+    if (use_cache && !blocks.empty() && !blocks[0]->resolve_use_cache(true)) {
+      use_cache = false;
+      past.reset();
+    }
+    const int64_t past_len = past ? past->length() : 0;
+    auto positions =
+        in.position_ids ? *in.position_ids : default_positions(b, past_len, t, ids.device());
+    TORCH_CHECK(positions.max().item<int64_t>() < config_.max_position_embeddings,
+                "GPT-2 position ", positions.max().item<int64_t>(), " is beyond n_positions ",
+                config_.max_position_embeddings);
+    auto x = transformer->wte(ids) + transformer->wpe(positions);
+    x = torch::dropout(x, config_.embd_pdrop, is_training());
+    auto mask = make_attention_mask(in.attention_mask, b, past_len, t, ids.device());
+
+    KVCache next;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      std::optional<Tensor> pk, pv;
+      if (past) {
+        pk = past->keys.at(i);
+        pv = past->values.at(i);
+      }
+      auto out = nn::forward(blocks[i], x, mask.mask, mask.is_causal, pk, pv, use_cache);
+      x = out[0];
+      if (use_cache) {
+        next.keys.push_back(out[1]);
+        next.values.push_back(out[2]);
+      }
+    }
+    x = transformer->ln_f(x);
+    CausalLMOutput result;
+    result.logits = lm_head ? lm_head(x) : torch::matmul(x, transformer->wte->weight.t());
+    if (in.labels) result.loss = causal_lm_loss(result.logits, *in.labels, in.num_items_in_batch);
+    if (use_cache) result.past_key_values = std::move(next);
+    return result;
+  }
+
+  void init_weights() override {
+    torch::NoGradGuard no_grad;
+    const double std = config_.initializer_range;
+    for (auto& item : named_parameters()) {
+      const auto& name = item.key();
+      auto& p = item.value();
+      if (name.find("ln_") != std::string::npos) {
+        name.size() >= 6 && name.compare(name.size() - 6, 6, "weight") == 0 ? p.fill_(1.0)
+                                                                            : p.zero_();
+      } else if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0) {
+        p.zero_();
+      } else if (name.find("c_proj.weight") != std::string::npos) {
+        // GPT-2's scaled init of the projections into the residual stream.
+        p.normal_(0.0, std / std::sqrt(2.0 * config_.num_hidden_layers));
+      } else {
+        p.normal_(0.0, std);
+      }
+    }
+  }
+
+ protected:
+  std::vector<std::string> tied_weight_names() const override {
+    if (config_.tie_word_embeddings) return {"lm_head.weight"};
+    return {};
+  }
+
+  std::string canonical_name(const std::string& name) const override {
+    // Causal-mask buffers of older checkpoints.
+    if (name.find(".attn.bias") != std::string::npos ||
+        name.find(".attn.masked_bias") != std::string::npos) {
+      return "";
+    }
+    // GPT2Model checkpoints (e.g. the original "gpt2") lack the prefix.
+    if (name.rfind("transformer.", 0) != 0 && name.rfind("lm_head.", 0) != 0) {
+      return "transformer." + name;
+    }
+    return name;
+  }
+
+ private:
+  GPT2Model transformer;
+  torch::nn::Linear lm_head{nullptr};
+};
+
+}  // namespace
+
+std::shared_ptr<CausalLMImpl> make_gpt2(const ModelConfig& config) {
+  return std::make_shared<GPT2LMHeadModel>(config);
+}
+
+}  // namespace remat::models::detail

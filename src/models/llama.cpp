@@ -1,0 +1,307 @@
+// The Llama family (transformers' LlamaForCausalLM, also Qwen2): RMSNorm,
+// rotary embeddings (default, linear, dynamic, llama3), SwiGLU MLP,
+// grouped-query attention.
+
+#include <cmath>
+
+#include "factory.h"
+#include "layers.h"
+
+namespace remat::models::detail {
+namespace {
+
+using torch::Tensor;
+using Tensors = std::vector<Tensor>;
+
+struct RMSNormImpl : torch::nn::Module {
+  RMSNormImpl(int64_t dim, double eps)
+      : eps(eps), weight(register_parameter("weight", torch::ones({dim}))) {}
+  Tensor forward(const Tensor& x) {
+    auto h = x.to(torch::kFloat);
+    h = h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
+    return weight * h.to(x.scalar_type());
+  }
+  double eps;
+  Tensor weight;
+};
+TORCH_MODULE(RMSNorm);
+
+// inv_freq as transformers computes it, in the same float32 torch ops so
+// that the values agree to the last bit. Python's `scalar / tensor` is
+// `tensor.reciprocal() * scalar`, which rounds differently from a division.
+Tensor rdiv(double scalar, const Tensor& t) { return t.reciprocal() * scalar; }
+
+Tensor base_inv_freq(double base, int64_t dim) {
+  auto exponents = torch::arange(0, dim, 2, torch::kLong).to(torch::kFloat) / dim;
+  return rdiv(1.0, torch::pow(base, exponents));
+}
+
+Tensor llama3_inv_freq(const RopeParameters& r, int64_t dim) {
+  auto inv_freq = base_inv_freq(r.rope_theta, dim);
+  const double old_len = static_cast<double>(r.original_max_position_embeddings);
+  const double low_wavelen = old_len / r.low_freq_factor;
+  const double high_wavelen = old_len / r.high_freq_factor;
+  auto wavelen = rdiv(2 * M_PI, inv_freq);
+  auto scaled = torch::where(wavelen > low_wavelen, inv_freq / r.factor, inv_freq);
+  auto smooth =
+      (rdiv(old_len, wavelen) - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+  auto smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled;
+  auto medium = (~(wavelen < high_wavelen)) & (~(wavelen > low_wavelen));
+  return torch::where(medium, smoothed, scaled);
+}
+
+// Rotary embedding with transformers' state machine for "dynamic" (NTK)
+// scaling: frequencies grow with the longest sequence seen and reset when a
+// sequence fits the original context again.
+class Rotary {
+ public:
+  Rotary(const ModelConfig& c)
+      : rope_(c.rope), dim_(c.head_dim), max_pos_(c.max_position_embeddings) {
+    original_ = initial_inv_freq();
+    inv_freq_ = original_;
+    cached_len_ = max_pos_;
+  }
+
+  // cos and sin [batch, tokens, head_dim] for `positions` [batch, tokens].
+  std::pair<Tensor, Tensor> operator()(const Tensor& positions, torch::ScalarType dtype) {
+    if (rope_.rope_type == "dynamic") update_dynamic(positions);
+    torch::NoGradGuard no_grad;
+    auto inv = inv_freq_.to(positions.device());
+    auto freqs = positions.to(torch::kFloat).unsqueeze(-1) * inv.view({1, 1, -1});
+    auto emb = torch::cat({freqs, freqs}, -1);
+    return {emb.cos().to(dtype), emb.sin().to(dtype)};
+  }
+
+ private:
+  Tensor initial_inv_freq() const {
+    if (rope_.rope_type == "linear") return base_inv_freq(rope_.rope_theta, dim_) / rope_.factor;
+    if (rope_.rope_type == "llama3") return llama3_inv_freq(rope_, dim_);
+    return base_inv_freq(rope_.rope_theta, dim_);
+  }
+
+  void update_dynamic(const Tensor& positions) {
+    const int64_t seq_len = positions.max().item<int64_t>() + 1;
+    if (seq_len > cached_len_) {
+      // transformers evaluates this on float32 tensors (seq_len is a tensor).
+      auto len = torch::tensor(static_cast<float>(seq_len));
+      auto ratio = rope_.factor * len / static_cast<float>(max_pos_) - (rope_.factor - 1);
+      auto base = rope_.rope_theta * torch::pow(ratio, static_cast<double>(dim_) / (dim_ - 2));
+      auto exponents = torch::arange(0, dim_, 2, torch::kLong).to(torch::kFloat) / dim_;
+      inv_freq_ = rdiv(1.0, torch::pow(base, exponents));
+      cached_len_ = seq_len;
+    }
+    if (seq_len < max_pos_ && cached_len_ > max_pos_) {
+      inv_freq_ = original_;
+      cached_len_ = max_pos_;
+    }
+  }
+
+  RopeParameters rope_;
+  int64_t dim_, max_pos_;
+  Tensor original_, inv_freq_;
+  int64_t cached_len_;
+};
+
+Tensor rotate_half(const Tensor& x) {
+  auto half = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+Tensor apply_rotary(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1);
+}
+
+torch::nn::Linear linear(int64_t in, int64_t out, bool bias) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+}
+
+struct LlamaAttentionImpl : torch::nn::Module {
+  explicit LlamaAttentionImpl(const ModelConfig& c)
+      : heads(c.num_attention_heads),
+        kv_heads(c.num_key_value_heads),
+        head_dim(c.head_dim),
+        dropout(c.attention_dropout),
+        q_proj(register_module("q_proj", linear(c.hidden_size, heads * head_dim, c.qkv_bias))),
+        k_proj(register_module("k_proj", linear(c.hidden_size, kv_heads * head_dim, c.qkv_bias))),
+        v_proj(register_module("v_proj", linear(c.hidden_size, kv_heads * head_dim, c.qkv_bias))),
+        o_proj(register_module("o_proj", linear(heads * head_dim, c.hidden_size, c.o_bias))) {}
+
+  // Returns {output} or, with use_cache, {output, keys, values}.
+  Tensors forward(const Tensor& x, const Tensor& cos, const Tensor& sin,
+                  const std::optional<Tensor>& mask, bool is_causal,
+                  const std::optional<Tensor>& past_k, const std::optional<Tensor>& past_v,
+                  bool use_cache) {
+    auto b = x.size(0), t = x.size(1);
+    auto q = q_proj(x).view({b, t, heads, head_dim}).transpose(1, 2);
+    auto k = k_proj(x).view({b, t, kv_heads, head_dim}).transpose(1, 2);
+    auto v = v_proj(x).view({b, t, kv_heads, head_dim}).transpose(1, 2);
+    q = apply_rotary(q, cos, sin);
+    k = apply_rotary(k, cos, sin);
+    if (past_k) {
+      k = torch::cat({*past_k, k}, 2);
+      v = torch::cat({*past_v, v}, 2);
+    }
+    auto y = attention(q, k, v, {mask, is_causal}, std::pow(static_cast<double>(head_dim), -0.5),
+                       is_training() ? dropout : 0.0);
+    y = o_proj(y);
+    if (use_cache) return {y, k, v};
+    return {y};
+  }
+
+  int64_t heads, kv_heads, head_dim;
+  double dropout;
+  torch::nn::Linear q_proj, k_proj, v_proj, o_proj;
+};
+TORCH_MODULE(LlamaAttention);
+
+struct LlamaMLPImpl : torch::nn::Module {
+  explicit LlamaMLPImpl(const ModelConfig& c)
+      : act(c.hidden_act),
+        gate_proj(
+            register_module("gate_proj", linear(c.hidden_size, c.intermediate_size, c.mlp_bias))),
+        up_proj(register_module("up_proj", linear(c.hidden_size, c.intermediate_size, c.mlp_bias))),
+        down_proj(
+            register_module("down_proj", linear(c.intermediate_size, c.hidden_size, c.mlp_bias))) {}
+  Tensor forward(const Tensor& x) { return down_proj(activation(act, gate_proj(x)) * up_proj(x)); }
+  std::string act;
+  torch::nn::Linear gate_proj, up_proj, down_proj;
+};
+TORCH_MODULE(LlamaMLP);
+
+struct LlamaDecoderLayerImpl : nn::CheckpointableModule {
+  explicit LlamaDecoderLayerImpl(const ModelConfig& c)
+      : self_attn(register_module("self_attn", LlamaAttention(c))),
+        mlp(register_module("mlp", LlamaMLP(c))),
+        input_layernorm(register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps))),
+        post_attention_layernorm(
+            register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps))) {}
+
+  Tensors forward(const Tensor& x, const Tensor& cos, const Tensor& sin,
+                  const std::optional<Tensor>& mask, bool is_causal,
+                  const std::optional<Tensor>& past_k, const std::optional<Tensor>& past_v,
+                  bool use_cache) {
+    auto h = input_layernorm(x);
+    auto a =
+        checkpoints(nn::Granularity::kAttention)
+            ? remat::checkpoint(self_attn, h, cos, sin, mask, is_causal, past_k, past_v, use_cache)
+            : self_attn->forward(h, cos, sin, mask, is_causal, past_k, past_v, use_cache);
+    auto y = x + a[0];
+    auto h2 = post_attention_layernorm(y);
+    y = y + (checkpoints(nn::Granularity::kMlp) ? remat::checkpoint(mlp, h2) : mlp(h2));
+    if (use_cache) return {y, a[1], a[2]};
+    return {y};
+  }
+
+  LlamaAttention self_attn;
+  LlamaMLP mlp;
+  RMSNorm input_layernorm, post_attention_layernorm;
+};
+TORCH_MODULE(LlamaDecoderLayer);
+
+struct LlamaModelImpl : torch::nn::Module {
+  explicit LlamaModelImpl(const ModelConfig& c)
+      : embed_tokens(
+            register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size))),
+        layers(register_module("layers", torch::nn::ModuleList())),
+        norm(register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps))) {
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      blocks.emplace_back(c);
+      layers->push_back(blocks.back());
+    }
+  }
+  torch::nn::Embedding embed_tokens;
+  torch::nn::ModuleList layers;
+  RMSNorm norm;
+  std::vector<LlamaDecoderLayer> blocks;
+};
+TORCH_MODULE(LlamaModel);
+
+class LlamaForCausalLM : public CausalLMImpl {
+ public:
+  explicit LlamaForCausalLM(const ModelConfig& c)
+      : CausalLMImpl(c), model(register_module("model", LlamaModel(c))), rotary_(c) {
+    if (!c.tie_word_embeddings) {
+      lm_head = register_module("lm_head", linear(c.hidden_size, c.vocab_size, false));
+    }
+    init_weights();
+  }
+
+  CausalLMOutput forward(const CausalLMInputs& in) override {
+    const auto& ids = in.input_ids;
+    TORCH_CHECK(ids.dim() == 2, "input_ids must be [batch, tokens], got ", ids.sizes());
+    const int64_t b = ids.size(0), t = ids.size(1);
+    bool use_cache = in.use_cache;
+    auto past = in.past_key_values;
+    auto& blocks = model->blocks;
+    if (use_cache && !blocks.empty() && !blocks[0]->resolve_use_cache(true)) {
+      use_cache = false;
+      past.reset();
+    }
+    const int64_t past_len = past ? past->length() : 0;
+    auto positions =
+        in.position_ids ? *in.position_ids : default_positions(b, past_len, t, ids.device());
+    auto x = model->embed_tokens(ids);
+    auto [cos, sin] = rotary_(positions, x.scalar_type());
+    auto mask = make_attention_mask(in.attention_mask, b, past_len, t, ids.device());
+
+    KVCache next;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      std::optional<Tensor> pk, pv;
+      if (past) {
+        pk = past->keys.at(i);
+        pv = past->values.at(i);
+      }
+      auto out = nn::forward(blocks[i], x, cos, sin, mask.mask, mask.is_causal, pk, pv, use_cache);
+      x = out[0];
+      if (use_cache) {
+        next.keys.push_back(out[1]);
+        next.values.push_back(out[2]);
+      }
+    }
+    x = model->norm(x);
+    CausalLMOutput result;
+    result.logits = lm_head ? lm_head(x) : torch::matmul(x, model->embed_tokens->weight.t());
+    if (in.labels) result.loss = causal_lm_loss(result.logits, *in.labels, in.num_items_in_batch);
+    if (use_cache) result.past_key_values = std::move(next);
+    return result;
+  }
+
+  void init_weights() override {
+    torch::NoGradGuard no_grad;
+    for (auto& item : named_parameters()) {
+      const auto& name = item.key();
+      auto& p = item.value();
+      if (name.find("norm") != std::string::npos) {
+        p.fill_(1.0);
+      } else if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0) {
+        p.zero_();
+      } else {
+        p.normal_(0.0, config_.initializer_range);
+      }
+    }
+  }
+
+ protected:
+  std::vector<std::string> tied_weight_names() const override {
+    if (config_.tie_word_embeddings) return {"lm_head.weight"};
+    return {};
+  }
+
+  std::string canonical_name(const std::string& name) const override {
+    if (name.find("rotary_emb.inv_freq") != std::string::npos) return "";
+    return name;
+  }
+
+ private:
+  LlamaModel model;
+  torch::nn::Linear lm_head{nullptr};
+  Rotary rotary_;
+};
+
+}  // namespace
+
+std::shared_ptr<CausalLMImpl> make_llama(const ModelConfig& config) {
+  return std::make_shared<LlamaForCausalLM>(config);
+}
+
+}  // namespace remat::models::detail

@@ -1,0 +1,96 @@
+// The transformers parity checks of tests/models on CUDA: fp32 with tight
+// tolerances, bf16 with the tolerances stated below. Skipped without CUDA.
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "remat/io/safetensors.h"
+#include "remat/models/causal_lm.h"
+
+namespace fs = std::filesystem;
+using remat::models::AutoModelForCausalLM;
+using remat::models::CausalLMInputs;
+
+namespace {
+
+// Max |got - want| relative to max |want|.
+double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
+  auto diff = (got.cpu().to(torch::kDouble) - want.to(torch::kDouble)).abs().max().item<double>();
+  return diff / std::max(want.abs().max().item<double>(), 1e-12);
+}
+
+class CudaModelParityTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+    const char* root = std::getenv("REMAT_ORACLE_DIR");
+    dir = (fs::path(root ? root : "oracle") / "models" / GetParam()).string();
+    ref = remat::io::load_file((fs::path(dir) / "reference.safetensors").string());
+  }
+  std::shared_ptr<remat::models::CausalLMImpl> load(torch::Dtype dtype) {
+    remat::models::FromPretrainedOptions options;
+    options.device = torch::kCUDA;
+    options.dtype = dtype;
+    return AutoModelForCausalLM::from_pretrained(dir, options);
+  }
+  std::string dir;
+  std::map<std::string, torch::Tensor> ref;
+};
+
+TEST_P(CudaModelParityTest, Fp32LogitsLossAndGradients) {
+  auto model = load(torch::kFloat);
+  model->train();
+  model->gradient_checkpointing_enable();
+  CausalLMInputs in;
+  in.input_ids = ref.at("input_ids").cuda();
+  in.labels = ref.at("labels").cuda();
+  auto out = model->forward(in);
+  const double logits_error = relative_error(out.logits, ref.at("logits"));
+  RecordProperty("fp32_logits_rel_error", std::to_string(logits_error));
+  EXPECT_LE(logits_error, 1e-4);
+  EXPECT_LE(relative_error(out.loss.reshape(1), ref.at("loss")), 1e-5);
+  out.loss.backward();
+  double worst = 0;
+  for (const auto& item : model->named_parameters()) {
+    worst = std::max(worst, relative_error(item.value().grad(), ref.at("grad." + item.key())));
+  }
+  RecordProperty("fp32_grad_rel_error", std::to_string(worst));
+  EXPECT_LE(worst, 1e-3);
+}
+
+TEST_P(CudaModelParityTest, Fp32GreedyGenerate) {
+  auto model = load(torch::kFloat);
+  model->eval();
+  remat::models::GenerationConfig g;
+  g.max_new_tokens = 8;
+  g.pad_token_id = 0;
+  g.eos_token_ids = std::vector<int64_t>{2};
+  auto out = model->generate(ref.at("generate.input_ids").cuda(), g,
+                             ref.at("generate.attention_mask").cuda());
+  EXPECT_TRUE(torch::equal(out.cpu(), ref.at("generate.output")));
+}
+
+TEST_P(CudaModelParityTest, Bf16Logits) {
+  // bf16 keeps 8 bits of mantissa: logits agree with the fp32 reference to
+  // a few percent of their range.
+  auto model = load(torch::kBFloat16);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  CausalLMInputs in;
+  in.input_ids = ref.at("input_ids").cuda();
+  auto logits = model->forward(in).logits;
+  ASSERT_EQ(logits.scalar_type(), torch::kBFloat16);
+  const double error = relative_error(logits.to(torch::kFloat), ref.at("logits"));
+  RecordProperty("bf16_logits_rel_error", std::to_string(error));
+  std::cout << GetParam() << ": bf16 logits relative error " << error << "\n";
+  EXPECT_LE(error, 5e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transformers, CudaModelParityTest,
+                         ::testing::Values("gpt2_tied", "gpt2_untied", "llama_gqa",
+                                           "llama_linear_bias_tied", "llama_dynamic",
+                                           "llama3_head_dim", "qwen2"));
+
+}  // namespace
