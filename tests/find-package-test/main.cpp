@@ -1,5 +1,6 @@
 // Checks that an installed remat is usable: one checkpointed training step
-// gives the same gradient as the plain step.
+// gives the same gradient as the plain step, and TrainingArguments parses a
+// command line.
 #include <remat/remat.h>
 
 #include <iostream>
@@ -20,6 +21,13 @@ int main() {
       .backward();
   if (!torch::equal(plain, layer->weight.grad())) {
     std::cerr << "checkpointed gradient differs from the plain one\n";
+    return 1;
+  }
+  const char* argv[] = {"consumer", "--learning_rate", "1e-3", "--gradient_checkpointing"};
+  const auto args = remat::TrainingArguments::parse(4, argv);
+  if (args.learning_rate != 1e-3 || !args.gradient_checkpointing ||
+      remat::TrainingArguments::from_json(args.to_json()) != args) {
+    std::cerr << "installed TrainingArguments misparsed its command line\n";
     return 1;
   }
   remat::logger()->info("installed remat works");
