@@ -8,3 +8,4 @@
 #include "remat/logging.h"
 #include "remat/memory.h"
 #include "remat/nn/checkpointable.h"
+#include "remat/training_arguments.h"

@@ -1,6 +1,7 @@
 // Checks that an installed remat is usable: one checkpointed training step
-// gives the same gradient as the plain step, and the tokenizer (with its
-// Oniguruma and utf8proc link dependencies) encodes and decodes.
+// gives the same gradient as the plain step, the tokenizer (with its
+// Oniguruma and utf8proc link dependencies) encodes and decodes, and
+// TrainingArguments parses a command line.
 #include <remat/io/tokenizer.h>
 #include <remat/remat.h>
 
@@ -31,6 +32,13 @@ int main() {
     "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]}})");
   if (tok.encode("abba") != std::vector<int64_t>{2, 1, 0} || tok.decode({2, 1, 0}) != "abba") {
     std::cerr << "the tokenizer gives wrong ids\n";
+    return 1;
+  }
+  const char* argv[] = {"consumer", "--learning_rate", "1e-3", "--gradient_checkpointing"};
+  const auto args = remat::TrainingArguments::parse(4, argv);
+  if (args.learning_rate != 1e-3 || !args.gradient_checkpointing ||
+      remat::TrainingArguments::from_json(args.to_json()) != args) {
+    std::cerr << "installed TrainingArguments misparsed its command line\n";
     return 1;
   }
   remat::logger()->info("installed remat works");
