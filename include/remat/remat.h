@@ -4,8 +4,15 @@
 /// Everything remat offers, in one include.
 
 #include "remat/checkpoint.h"
+#include "remat/data/causal_lm_dataset.h"
+#include "remat/data/data_collator.h"
+#include "remat/data/data_loader.h"
+#include "remat/data/dataset.h"
+#include "remat/data/distributed_sampler.h"
 #include "remat/io/safetensors.h"
 #include "remat/logging.h"
 #include "remat/memory.h"
 #include "remat/nn/checkpointable.h"
+#include "remat/optim/adamw.h"
+#include "remat/optim/lr_scheduler.h"
 #include "remat/training_arguments.h"

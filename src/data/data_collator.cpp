@@ -1,0 +1,54 @@
+#include "remat/data/data_collator.h"
+
+#include <algorithm>
+
+namespace remat::data {
+
+Batch Batch::to(const torch::Device& device, bool non_blocking) const {
+  return {input_ids.to(device, non_blocking), attention_mask.to(device, non_blocking),
+          labels.to(device, non_blocking)};
+}
+
+DataCollatorForCausalLM::DataCollatorForCausalLM(const DataCollatorForCausalLMOptions& options)
+    : options_(options) {
+  const auto& side = options_.padding_side();
+  TORCH_CHECK(side == "right" || side == "left", "Invalid padding_side '", side,
+              "'; valid values: right, left");
+  TORCH_CHECK(options_.pad_to_multiple_of().value_or(1) >= 1,
+              "pad_to_multiple_of must be at least 1, got ", *options_.pad_to_multiple_of());
+}
+
+Batch DataCollatorForCausalLM::operator()(const std::vector<Example>& examples) const {
+  TORCH_CHECK(!examples.empty(), "DataCollatorForCausalLM needs at least one example");
+  int64_t length = 0;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const auto& e = examples[i];
+    TORCH_CHECK(e.input_ids.size() == e.labels.size(), "Example ", i, " has ", e.input_ids.size(),
+                " input_ids but ", e.labels.size(), " labels");
+    length = std::max(length, static_cast<int64_t>(e.input_ids.size()));
+  }
+  if (auto multiple = options_.pad_to_multiple_of())
+    length = (length + *multiple - 1) / *multiple * *multiple;
+
+  auto rows = static_cast<int64_t>(examples.size());
+  auto input_ids = torch::full({rows, length}, options_.pad_token_id(), torch::kLong);
+  auto attention_mask = torch::zeros({rows, length}, torch::kLong);
+  auto labels = torch::full({rows, length}, options_.label_pad_token_id(), torch::kLong);
+  auto ids = input_ids.accessor<int64_t, 2>();
+  auto mask = attention_mask.accessor<int64_t, 2>();
+  auto lab = labels.accessor<int64_t, 2>();
+  bool left = options_.padding_side() == "left";
+  for (int64_t row = 0; row < rows; ++row) {
+    const auto& e = examples[row];
+    auto n = static_cast<int64_t>(e.input_ids.size());
+    int64_t start = left ? length - n : 0;
+    for (int64_t j = 0; j < n; ++j) {
+      ids[row][start + j] = e.input_ids[j];
+      mask[row][start + j] = 1;
+      lab[row][start + j] = e.labels[j];
+    }
+  }
+  return {input_ids, attention_mask, labels};
+}
+
+}  // namespace remat::data
