@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <fstream>
 
 namespace remat::models {
@@ -12,10 +13,21 @@ using nlohmann::json;
 
 // json.value() with null treated as absent, as Hugging Face configs write
 // "n_inner": null for "use the default".
+// An integer field: a JSON integer within int64 (a float such as 3e44 would
+// otherwise be converted with undefined behaviour).
+int64_t to_int(const json& value, const char* key) {
+  TORCH_CHECK(
+      value.is_number_integer() && (!value.is_number_unsigned() ||
+                                    value.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX)),
+      "config.json: field \"", key, "\" must be an integer, got ", value.dump());
+  return value.get<int64_t>();
+}
+
 template <typename T>
 T get(const json& j, const char* key, T fallback) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
+  if constexpr (std::is_same_v<T, int64_t>) return to_int(*it, key);
   try {
     return it->get<T>();
   } catch (const json::exception& e) {
@@ -39,8 +51,8 @@ std::optional<int64_t> optional_id(const json& j, const char* key,
   auto it = j.find(key);
   if (it == j.end()) return fallback;
   if (it->is_null()) return std::nullopt;
-  if (it->is_array()) return it->empty() ? std::nullopt : std::optional(it->at(0).get<int64_t>());
-  return it->get<int64_t>();
+  if (it->is_array()) return it->empty() ? std::nullopt : std::optional(to_int(it->at(0), key));
+  return to_int(*it, key);
 }
 
 void parse_rope(const json& j, ModelConfig& c, double default_theta) {

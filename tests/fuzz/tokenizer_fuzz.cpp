@@ -3,12 +3,6 @@
 // remat::io::TokenizerError; a tokenizer that builds must encode and decode
 // a fixed text the same way. Crashes, hangs, leaks, sanitizer reports and
 // any other exception are findings.
-//
-// Build (not yet part of the CMake build), e.g.:
-//   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude \
-//     tests/fuzz/tokenizer_fuzz.cpp src/io/tokenizer.cpp src/io/tokenizer/*.cpp \
-//     -lonig -lutf8proc -o tokenizer_fuzz
-// Seed it with real tokenizer.json files.
 
 #include <cstddef>
 #include <cstdint>
