@@ -33,6 +33,15 @@ torch::Tensor CausalLMImpl::causal_lm_loss(const torch::Tensor& logits, const to
   return sum / static_cast<double>(*num_items_in_batch);
 }
 
+CausalLMOutput CausalLMImpl::make_output(torch::Tensor logits, const CausalLMInputs& in,
+                                         std::optional<KVCache> cache) {
+  CausalLMOutput out;
+  if (in.labels) out.loss = causal_lm_loss(logits, *in.labels, in.num_items_in_batch);
+  out.logits = std::move(logits);
+  out.past_key_values = std::move(cache);
+  return out;
+}
+
 std::map<std::string, torch::Tensor> CausalLMImpl::hf_state_dict() const {
   std::map<std::string, torch::Tensor> result;
   for (const auto& item : named_parameters()) result[item.key()] = item.value();

@@ -141,46 +141,23 @@ class GPT2LMHeadModel : public CausalLMImpl {
   }
 
   CausalLMOutput forward(const CausalLMInputs& in) override {
-    const auto& ids = in.input_ids;
-    TORCH_CHECK(ids.dim() == 2, "input_ids must be [batch, tokens], got ", ids.sizes());
-    const int64_t b = ids.size(0), t = ids.size(1);
-    bool use_cache = in.use_cache;
-    auto past = in.past_key_values;
     auto& blocks = transformer->blocks;
-    if (use_cache && !blocks.empty() && !blocks[0]->resolve_use_cache(true)) {
-      use_cache = false;
-      past.reset();
-    }
-    const int64_t past_len = past ? past->length() : 0;
-    auto positions =
-        in.position_ids ? *in.position_ids : default_positions(b, past_len, t, ids.device());
-    TORCH_CHECK(positions.max().item<int64_t>() < config_.max_position_embeddings,
-                "GPT-2 position ", positions.max().item<int64_t>(), " is beyond n_positions ",
-                config_.max_position_embeddings);
-    auto x = transformer->wte(ids) + transformer->wpe(positions);
+    auto d = prepare_decoder(in, blocks);
+    const auto last_position = d.positions.max().item<int64_t>();
+    TORCH_CHECK(last_position < config_.max_position_embeddings, "GPT-2 position ", last_position,
+                " is beyond n_positions ", config_.max_position_embeddings);
+    auto x = transformer->wte(in.input_ids) + transformer->wpe(d.positions);
     x = torch::dropout(x, config_.embd_pdrop, is_training());
-    auto mask = make_attention_mask(in.attention_mask, b, past_len, t, ids.device());
-
-    KVCache next;
-    for (size_t i = 0; i < blocks.size(); ++i) {
-      std::optional<Tensor> pk, pv;
-      if (past) {
-        pk = past->keys.at(i);
-        pv = past->values.at(i);
-      }
-      auto out = nn::forward(blocks[i], x, mask.mask, mask.is_causal, pk, pv, use_cache);
-      x = out[0];
-      if (use_cache) {
-        next.keys.push_back(out[1]);
-        next.values.push_back(out[2]);
-      }
-    }
-    x = transformer->ln_f(x);
-    CausalLMOutput result;
-    result.logits = lm_head ? lm_head(x) : torch::matmul(x, transformer->wte->weight.t());
-    if (in.labels) result.loss = causal_lm_loss(result.logits, *in.labels, in.num_items_in_batch);
-    if (use_cache) result.past_key_values = std::move(next);
-    return result;
+    auto [h, cache] =
+        run_layers(blocks, x, d,
+                   [&](GPT2Block& block, const Tensor& hidden, const std::optional<Tensor>& past_k,
+                       const std::optional<Tensor>& past_v, bool use_cache) {
+                     return nn::forward(block, hidden, d.mask.mask, d.mask.is_causal, past_k,
+                                        past_v, use_cache);
+                   });
+    h = transformer->ln_f(h);
+    auto logits = lm_head ? lm_head(h) : torch::matmul(h, transformer->wte->weight.t());
+    return make_output(logits, in, std::move(cache));
   }
 
   void init_weights() override {

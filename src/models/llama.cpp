@@ -227,43 +227,22 @@ class LlamaForCausalLM : public CausalLMImpl {
   }
 
   CausalLMOutput forward(const CausalLMInputs& in) override {
-    const auto& ids = in.input_ids;
-    TORCH_CHECK(ids.dim() == 2, "input_ids must be [batch, tokens], got ", ids.sizes());
-    const int64_t b = ids.size(0), t = ids.size(1);
-    bool use_cache = in.use_cache;
-    auto past = in.past_key_values;
     auto& blocks = model->blocks;
-    if (use_cache && !blocks.empty() && !blocks[0]->resolve_use_cache(true)) {
-      use_cache = false;
-      past.reset();
-    }
-    const int64_t past_len = past ? past->length() : 0;
-    auto positions =
-        in.position_ids ? *in.position_ids : default_positions(b, past_len, t, ids.device());
-    auto x = model->embed_tokens(ids);
-    auto [cos, sin] = rotary_(positions, x.scalar_type());
-    auto mask = make_attention_mask(in.attention_mask, b, past_len, t, ids.device());
-
-    KVCache next;
-    for (size_t i = 0; i < blocks.size(); ++i) {
-      std::optional<Tensor> pk, pv;
-      if (past) {
-        pk = past->keys.at(i);
-        pv = past->values.at(i);
-      }
-      auto out = nn::forward(blocks[i], x, cos, sin, mask.mask, mask.is_causal, pk, pv, use_cache);
-      x = out[0];
-      if (use_cache) {
-        next.keys.push_back(out[1]);
-        next.values.push_back(out[2]);
-      }
-    }
-    x = model->norm(x);
-    CausalLMOutput result;
-    result.logits = lm_head ? lm_head(x) : torch::matmul(x, model->embed_tokens->weight.t());
-    if (in.labels) result.loss = causal_lm_loss(result.logits, *in.labels, in.num_items_in_batch);
-    if (use_cache) result.past_key_values = std::move(next);
-    return result;
+    auto d = prepare_decoder(in, blocks);
+    auto x = model->embed_tokens(in.input_ids);
+    const auto rope = rotary_(d.positions, x.scalar_type());
+    const auto& cos = rope.first;
+    const auto& sin = rope.second;
+    auto [h, cache] = run_layers(
+        blocks, x, d,
+        [&](LlamaDecoderLayer& layer, const Tensor& hidden, const std::optional<Tensor>& past_k,
+            const std::optional<Tensor>& past_v, bool use_cache) {
+          return nn::forward(layer, hidden, cos, sin, d.mask.mask, d.mask.is_causal, past_k, past_v,
+                             use_cache);
+        });
+    h = model->norm(h);
+    auto logits = lm_head ? lm_head(h) : torch::matmul(h, model->embed_tokens->weight.t());
+    return make_output(logits, in, std::move(cache));
   }
 
   void init_weights() override {

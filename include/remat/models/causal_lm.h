@@ -142,6 +142,9 @@ class CausalLMImpl : public torch::nn::Module {
   /// Loss as transformers' ForCausalLMLoss.
   static torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels,
                                       std::optional<int64_t> num_items_in_batch);
+  /// The output for `logits`: with the loss when `in` has labels.
+  static CausalLMOutput make_output(torch::Tensor logits, const CausalLMInputs& in,
+                                    std::optional<KVCache> cache);
 
   ModelConfig config_;
   std::string source_dir_;
