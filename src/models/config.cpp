@@ -11,6 +11,10 @@ namespace {
 
 using nlohmann::json;
 
+// No real model comes near this in any dimension; larger values are corrupt
+// files (and would overflow size arithmetic).
+constexpr int64_t kMaxSize = int64_t{1} << 40;
+
 // json.value() with null treated as absent, as Hugging Face configs write
 // "n_inner": null for "use the default".
 // An integer field: a JSON integer within int64 (a float such as 3e44 would
@@ -90,7 +94,8 @@ void parse_gpt2(const json& j, ModelConfig& c) {
   c.num_hidden_layers = get<int64_t>(j, "n_layer", 12);
   c.num_attention_heads = get<int64_t>(j, "n_head", 12);
   c.num_key_value_heads = c.num_attention_heads;
-  c.intermediate_size = get<int64_t>(j, "n_inner", 4 * c.hidden_size);
+  const bool small = c.hidden_size > 0 && c.hidden_size <= kMaxSize;
+  c.intermediate_size = get<int64_t>(j, "n_inner", small ? 4 * c.hidden_size : 0);
   c.activation_function = get<std::string>(j, "activation_function", "gelu_new");
   c.resid_pdrop = get<double>(j, "resid_pdrop", 0.1);
   c.embd_pdrop = get<double>(j, "embd_pdrop", 0.1);
@@ -146,7 +151,8 @@ void parse_llama(const json& j, ModelConfig& c, bool qwen2) {
 }
 
 void check_positive(const char* name, int64_t value) {
-  TORCH_CHECK(value > 0, "config.json: ", name, " must be positive, got ", value);
+  TORCH_CHECK(value > 0 && value <= kMaxSize, "config.json: ", name, " must be in [1, ", kMaxSize,
+              "], got ", value);
 }
 
 void validate(const ModelConfig& c) {

@@ -230,6 +230,9 @@ TEST(ModelConfigTest, InconsistentShapesAreErrors) {
                       {"num_key_value_heads", 3}};
   ASSERT_THROWS_WITH(remat::models::ModelConfig::from_json(j),
                      "num_attention_heads 4 must be a multiple of num_key_value_heads 3");
+  j = {{"model_type", "gpt2"}, {"n_embd", int64_t{4'000'000'000'000'000'000}}};
+  ASSERT_THROWS_WITH(remat::models::ModelConfig::from_json(j),
+                     "hidden_size must be in [1, 1099511627776], got 4000000000000000000");
   j = {{"model_type", "llama"}, {"num_hidden_layers", 3e44}};
   ASSERT_THROWS_WITH(remat::models::ModelConfig::from_json(j),
                      "field \"num_hidden_layers\" must be an integer, got 3e+44");
