@@ -1,14 +1,22 @@
 #include "remat/trainer.h"
 
 #include <ATen/autocast_mode.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "remat/data/data_collator.h"
 #include "remat/data/distributed_sampler.h"
+#include "remat/io/safetensors.h"
 #include "remat/logging.h"
 #include "remat/memory.h"
 #include "remat/models/causal_lm.h"
@@ -81,7 +89,114 @@ int64_t pad_token_of(const torch::nn::Module& model) {
   return 0;
 }
 
+// File-system helpers on POSIX calls: the pip LibTorch exports its own copies
+// of std::filesystem operations, and some of them misbehave when linked.
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+void make_directory(const std::string& path) {
+  TORCH_CHECK(::mkdir(path.c_str(), 0755) == 0 || errno == EEXIST, "Trainer: cannot create ", path,
+              ": ", std::strerror(errno));
+}
+
+void remove_tree(const std::string& path) {
+  if (!is_directory(path)) return;
+  auto remove_entry = [](const char* entry, const struct stat*, int, struct FTW*) {
+    return ::remove(entry);
+  };
+  TORCH_CHECK(::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0,
+              "Trainer: cannot remove ", path, ": ", std::strerror(errno));
+}
+
+void fsync_path(const std::string& path, int flags) {
+  int fd = ::open(path.c_str(), flags);
+  TORCH_CHECK(fd >= 0, "Trainer: cannot open ", path, ": ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  TORCH_CHECK(rc == 0, "Trainer: fsync of ", path, " failed: ", std::strerror(errno));
+}
+
+// Flushes every file of `dir` and the directory itself to disk.
+void fsync_tree(const std::string& dir) {
+  auto sync_entry = [](const char* entry, const struct stat* st, int, struct FTW*) {
+    fsync_path(entry, S_ISDIR(st->st_mode) ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+    return 0;
+  };
+  TORCH_CHECK(::nftw(dir.c_str(), sync_entry, 16, FTW_PHYS) == 0, "Trainer: cannot sync ", dir);
+}
+
+// checkpoint-<step> directories of `dir`, oldest first.
+std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& dir) {
+  std::vector<std::pair<int64_t, std::string>> result;
+  DIR* handle = ::opendir(dir.c_str());
+  if (handle == nullptr) return result;
+  const std::string prefix = "checkpoint-";
+  while (auto* entry = ::readdir(handle)) {
+    std::string name = entry->d_name;
+    if (name.rfind(prefix, 0) != 0) continue;
+    auto digits = name.substr(prefix.size());
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    result.emplace_back(std::stoll(digits), dir + "/" + name);
+  }
+  ::closedir(handle);
+  std::sort(result.begin(), result.end());
+  return result;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  TORCH_CHECK(in, "Trainer: cannot read ", path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_file(const std::string& path, const std::string& content) {
+  std::ofstream out(path);
+  out << content;
+  TORCH_CHECK(out.good(), "Trainer: cannot write ", path);
+}
+
+std::vector<torch::Tensor> rng_states() {
+  std::vector<torch::Tensor> states{at::detail::getDefaultCPUGenerator().get_state()};
+  for (c10::DeviceIndex i = 0; i < static_cast<c10::DeviceIndex>(torch::cuda::device_count());
+       ++i) {
+    states.push_back(at::globalContext().defaultGenerator(c10::Device(c10::kCUDA, i)).get_state());
+  }
+  return states;
+}
+
+void set_rng_states(const std::vector<torch::Tensor>& states) {
+  TORCH_CHECK(!states.empty(), "Trainer: the checkpoint's rng_state.pt is empty");
+  at::Generator cpu = at::detail::getDefaultCPUGenerator();
+  cpu.set_state(states[0]);
+  const auto cuda = static_cast<size_t>(torch::cuda::device_count());
+  TORCH_CHECK(states.size() == 1 || states.size() == cuda + 1, "Trainer: the checkpoint holds ",
+              states.size() - 1, " CUDA generator states but this machine has ", cuda,
+              " CUDA devices");
+  for (size_t i = 1; i < states.size(); ++i) {
+    auto gen = at::globalContext().defaultGenerator(
+        c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(i - 1)));
+    gen.set_state(states[i]);
+  }
+}
+
 }  // namespace
+
+// Where training stands: what a checkpoint records to resume exactly.
+struct Trainer::Position {
+  int64_t global_step = 0;
+  int64_t epoch = 0;             // the epoch being trained
+  int64_t batches_in_epoch = 0;  // batches of that epoch already used
+  double loss_total = 0;
+
+  nlohmann::json to_json() const {
+    return {{"global_step", global_step},
+            {"epoch_index", epoch},
+            {"batches_in_epoch", batches_in_epoch},
+            {"loss_total", loss_total}};
+  }
+};
 
 Trainer::Trainer(std::shared_ptr<torch::nn::Module> model, TrainingArguments args,
                  std::shared_ptr<const data::Dataset> train_dataset,
@@ -129,14 +244,82 @@ void Trainer::log(nlohmann::json record) {
   out << record.dump() << "\n";
 }
 
-void Trainer::save_model() const {
+void Trainer::save_model() const { save_model_to(args_.output_dir); }
+
+void Trainer::save_model_to(const std::string& dir) const {
   if (auto* lm = dynamic_cast<const models::CausalLMImpl*>(model_.get())) {
-    lm->save_pretrained(args_.output_dir);
+    lm->save_pretrained(dir);
     return;
   }
   torch::serialize::OutputArchive archive;
   model_->save(archive);
-  archive.save_to(args_.output_dir + "/model.pt");
+  archive.save_to(dir + "/model.pt");
+}
+
+void Trainer::save_checkpoint(const Position& position, torch::optim::Optimizer& optimizer,
+                              const nlohmann::json& scheduler_state) {
+  const std::string name = "checkpoint-" + std::to_string(position.global_step);
+  const std::string final_dir = args_.output_dir + "/" + name;
+  const std::string tmp = args_.output_dir + "/.tmp-" + name + "-" + std::to_string(::getpid());
+  remove_tree(tmp);
+  make_directory(tmp);
+  save_model_to(tmp);
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  archive.save_to(tmp + "/optimizer.pt");
+  write_file(tmp + "/scheduler.json", scheduler_state.dump(2));
+  torch::save(rng_states(), tmp + "/rng_state.pt");
+  nlohmann::json state = position.to_json();
+  state["log_history"] = log_history_;
+  write_file(tmp + "/trainer_state.json", state.dump(2));
+  args_.to_json_file(tmp + "/training_args.json");
+  // Only a complete checkpoint ever carries the final name: write aside,
+  // flush, then rename.
+  fsync_tree(tmp);
+  remove_tree(final_dir);
+  TORCH_CHECK(::rename(tmp.c_str(), final_dir.c_str()) == 0, "Trainer: cannot rename ", tmp, " to ",
+              final_dir, ": ", std::strerror(errno));
+  fsync_path(args_.output_dir, O_RDONLY | O_DIRECTORY);
+  logger()->info("saved {}", final_dir);
+  if (!args_.save_total_limit) return;
+  auto checkpoints = list_checkpoints(args_.output_dir);
+  const auto limit = static_cast<size_t>(*args_.save_total_limit);
+  for (size_t i = 0; i + limit < checkpoints.size(); ++i) remove_tree(checkpoints[i].second);
+}
+
+Trainer::Position Trainer::resume(const std::string& requested, torch::optim::Optimizer& optimizer,
+                                  nlohmann::json& scheduler_state) {
+  std::string dir = requested;
+  if (requested == "latest") {
+    auto checkpoints = list_checkpoints(args_.output_dir);
+    TORCH_CHECK(!checkpoints.empty(), "Trainer: resume_from_checkpoint \"latest\" but ",
+                args_.output_dir, " holds no checkpoint-<step> directory");
+    dir = checkpoints.back().second;
+  }
+  TORCH_CHECK(is_directory(dir), "Trainer: resume_from_checkpoint ", dir, " is not a directory");
+  if (auto* lm = dynamic_cast<models::CausalLMImpl*>(model_.get())) {
+    lm->load_hf_state_dict(io::load_model_weights(dir));
+  } else {
+    torch::serialize::InputArchive archive;
+    archive.load_from(dir + "/model.pt", device_);
+    model_->load(archive);
+  }
+  torch::serialize::InputArchive archive;
+  archive.load_from(dir + "/optimizer.pt", device_);
+  optimizer.load(archive);
+  scheduler_state = nlohmann::json::parse(read_file(dir + "/scheduler.json"));
+  std::vector<torch::Tensor> states;
+  torch::load(states, dir + "/rng_state.pt");
+  set_rng_states(states);
+  auto state = nlohmann::json::parse(read_file(dir + "/trainer_state.json"));
+  Position position;
+  position.global_step = state.at("global_step").get<int64_t>();
+  position.epoch = state.at("epoch_index").get<int64_t>();
+  position.batches_in_epoch = state.at("batches_in_epoch").get<int64_t>();
+  position.loss_total = state.at("loss_total").get<double>();
+  log_history_ = state.at("log_history").get<std::vector<nlohmann::json>>();
+  logger()->info("resuming from {} at step {}", dir, position.global_step);
+  return position;
 }
 
 TrainOutput Trainer::train() {
@@ -147,13 +330,8 @@ TrainOutput Trainer::train() {
   if (args_.gradient_checkpointing) {
     nn::gradient_checkpointing_enable(*model_, args_.gradient_checkpointing_options());
   }
-  if (args_.save_strategy != "no") {
-    logger()->warn(
-        "Trainer: checkpoints during training are not written yet; the final model "
-        "is saved to {}",
-        args_.output_dir);
-  }
   model_->train();
+  stop_requested_ = false;
 
   const int64_t seed = args_.data_seed.value_or(args_.seed);
   data::DataLoader loader(train_dataset_,
@@ -184,17 +362,24 @@ TrainOutput Trainer::train() {
                                    .num_warmup_steps(warmup_steps(args_.warmup_steps, total_steps))
                                    .num_training_steps(total_steps)
                                    .scheduler_specific_kwargs(args_.lr_scheduler_kwargs));
+  Position pos;
+  if (args_.resume_from_checkpoint) {
+    nlohmann::json scheduler_state;
+    pos = resume(*args_.resume_from_checkpoint, optimizer, scheduler_state);
+    scheduler.load_state(optim::LRSchedulerState::from_json(scheduler_state));
+  }
   const int64_t logging_steps = steps_from(args_.logging_steps, total_steps);
   const int64_t eval_steps =
       steps_from(args_.eval_steps.value_or(args_.logging_steps), total_steps);
+  const int64_t save_steps = steps_from(args_.save_steps, total_steps);
+  auto checkpoint = [&] { save_checkpoint(pos, optimizer, scheduler.state().to_json()); };
   logger()->info(
-      "training: {} examples, {} epochs, {} optimizer steps, batch {} x {} "
-      "accumulation, gradient checkpointing {}, on {}",
+      "training: {} examples, {} epochs, {} optimizer steps, batch {} x {} accumulation, "
+      "gradient checkpointing {}, on {}",
       train_dataset_->size(), epochs, total_steps, args_.per_device_train_batch_size, accumulation,
       args_.gradient_checkpointing ? "on" : "off", device_.str());
 
-  TrainOutput result;
-  double loss_since_log = 0, loss_total = 0;
+  double loss_since_log = 0;
   int64_t steps_since_log = 0, tokens_since_log = 0;
   auto log_start = std::chrono::steady_clock::now();
   if (device_.is_cuda()) reset_peak_memory_stats(device_);
@@ -203,9 +388,9 @@ TrainOutput Trainer::train() {
     if (p.requires_grad()) params.push_back(p);
   }
 
-  for (int64_t epoch = 0; epoch < epochs && result.global_step < total_steps; ++epoch) {
-    auto stream = loader.epoch(epoch);
-    while (result.global_step < total_steps) {
+  while (pos.epoch < epochs && pos.global_step < total_steps && !stop_requested_) {
+    auto stream = loader.epoch(pos.epoch, pos.batches_in_epoch);
+    while (pos.global_step < total_steps && !stop_requested_) {
       std::vector<data::Batch> group;
       while (static_cast<int64_t>(group.size()) < accumulation) {
         auto batch = stream.next();
@@ -213,6 +398,7 @@ TrainOutput Trainer::train() {
         group.push_back(batch->to(device_, /*non_blocking=*/true));
       }
       if (group.empty()) break;
+      pos.batches_in_epoch += static_cast<int64_t>(group.size());
       int64_t items = 0;
       for (const auto& b : group) items += target_tokens(b);
       double step_loss = 0;
@@ -226,22 +412,21 @@ TrainOutput Trainer::train() {
         step_loss += loss.item<double>();
         tokens_since_log += b.input_ids.numel();
       }
-      const double grad_norm =
-          args_.max_grad_norm > 0
-              ? torch::nn::utils::clip_grad_norm_(params, args_.max_grad_norm)
-              : torch::nn::utils::clip_grad_norm_(params, std::numeric_limits<double>::infinity());
-      ++result.global_step;
+      const double grad_norm = torch::nn::utils::clip_grad_norm_(
+          params,
+          args_.max_grad_norm > 0 ? args_.max_grad_norm : std::numeric_limits<double>::infinity());
+      const int64_t step = ++pos.global_step;
       TORCH_CHECK(std::isfinite(step_loss) && std::isfinite(grad_norm),
                   "Trainer: non-finite loss (", step_loss, ") or gradient norm (", grad_norm,
-                  ") at step ", result.global_step, "; lower the learning rate or check the data");
+                  ") at step ", step, "; lower the learning rate or check the data");
       optimizer.step();
       scheduler.step();
       optimizer.zero_grad();
       loss_since_log += step_loss;
-      loss_total += step_loss;
+      pos.loss_total += step_loss;
       ++steps_since_log;
+      on_step_end(step);
 
-      const int64_t step = result.global_step;
       const bool first = step == 1 && args_.logging_first_step;
       if (args_.logging_strategy == "steps" && (step % logging_steps == 0 || first)) {
         const double seconds =
@@ -250,15 +435,13 @@ TrainOutput Trainer::train() {
             {"loss", loss_since_log / steps_since_log},
             {"grad_norm", grad_norm},
             {"learning_rate", scheduler.last_lr().front()},
-            {"epoch",
-             epoch + static_cast<double>(step - epoch * steps_per_epoch) / steps_per_epoch},
+            {"epoch", pos.epoch + static_cast<double>(pos.batches_in_epoch) / batches},
             {"step", step},
             {"step_ms", 1000 * seconds / steps_since_log},
             {"tokens_per_s", tokens_since_log / std::max(seconds, 1e-9)}};
         if (device_.is_cuda()) record["peak_memory_mib"] = max_memory_allocated(device_) >> 20;
         logger()->info(
-            "step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.3e} | {:.1f} ms | {:.0f} "
-            "tok/s",
+            "step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.3e} | {:.1f} ms | {:.0f} tok/s",
             step, total_steps, record["loss"].get<double>(), grad_norm,
             record["learning_rate"].get<double>(), record["step_ms"].get<double>(),
             record["tokens_per_s"].get<double>());
@@ -269,10 +452,19 @@ TrainOutput Trainer::train() {
         log_start = std::chrono::steady_clock::now();
       }
       if (args_.eval_strategy == "steps" && step % eval_steps == 0) evaluate();
+      const bool save_now = args_.save_strategy == "steps" && step % save_steps == 0;
+      if (save_now || (stop_requested_ && args_.save_strategy != "no")) checkpoint();
     }
+    if (stop_requested_) break;
+    ++pos.epoch;
+    pos.batches_in_epoch = 0;
     if (args_.eval_strategy == "epoch") evaluate();
+    if (args_.save_strategy == "epoch") checkpoint();
   }
-  result.training_loss = result.global_step > 0 ? loss_total / result.global_step : 0.0;
+  TrainOutput result;
+  result.global_step = pos.global_step;
+  result.training_loss = pos.global_step > 0 ? pos.loss_total / pos.global_step : 0.0;
+  if (stop_requested_) return result;
   log({{"train_loss", result.training_loss}, {"step", result.global_step}});
   save_model();
   return result;

@@ -45,20 +45,27 @@ std::shared_ptr<VectorDataset> make_dataset(int64_t n, uint64_t seed) {
   return dataset;
 }
 
-std::shared_ptr<remat::models::CausalLMImpl> tiny_gpt2() {
-  torch::manual_seed(0);
-  auto config = remat::models::ModelConfig::from_json({{"model_type", "gpt2"},
-                                                       {"vocab_size", 48},
-                                                       {"n_positions", 32},
-                                                       {"n_embd", 32},
-                                                       {"n_layer", 2},
-                                                       {"n_head", 4},
-                                                       {"resid_pdrop", 0.0},
-                                                       {"embd_pdrop", 0.0},
-                                                       {"attn_pdrop", 0.0},
-                                                       {"pad_token_id", 0}});
-  return remat::models::AutoModelForCausalLM::from_config(config);
+std::shared_ptr<remat::models::CausalLMImpl> tiny_gpt2(double dropout = 0.0, uint64_t seed = 0) {
+  torch::manual_seed(seed);
+  nlohmann::json config = {{"model_type", "gpt2"},   {"vocab_size", 48},
+                           {"n_positions", 32},      {"n_embd", 32},
+                           {"n_layer", 2},           {"n_head", 4},
+                           {"resid_pdrop", dropout}, {"embd_pdrop", dropout},
+                           {"attn_pdrop", dropout},  {"pad_token_id", 0}};
+  return remat::models::AutoModelForCausalLM::from_config(
+      remat::models::ModelConfig::from_json(config));
 }
+
+// Stops training after a given step, as an interruption would.
+struct StoppingTrainer : Trainer {
+  using Trainer::Trainer;
+  void on_step_end(int64_t step) override {
+    if (step == stop_at) request_stop();
+  }
+  int64_t stop_at = -1;
+};
+
+bool exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
 
 std::string scratch_dir(const std::string& name) {
   return (::testing::TempDir() + "remat_trainer_" + name + "_" + std::to_string(::getpid()));
@@ -171,6 +178,56 @@ TEST(TrainerTest, LearnsEvaluatesLogsAndSaves) {
   auto expected = weights(*model);
   auto got = weights(*saved);
   for (size_t i = 0; i < expected.size(); ++i) EXPECT_TRUE(torch::equal(expected[i], got[i]));
+}
+
+TEST(TrainerTest, ResumeContinuesExactlyWhereTrainingStopped) {
+  // Dropout on, and the stop falls mid-epoch: the resumed run must restore
+  // weights, AdamW moments, the schedule, the generator and the data order.
+  auto dataset = make_dataset(16, 6);
+  auto args = base_args("resume");
+  args.per_device_train_batch_size = 4;
+  args.max_steps = 7;
+  args.lr_scheduler_type = "cosine";
+  args.save_strategy = "steps";
+  args.save_steps = 100;
+  auto straight_args = args;
+  straight_args.output_dir = scratch_dir("straight");
+  straight_args.save_strategy = "no";
+  auto straight = tiny_gpt2(0.1);
+  Trainer reference(straight, straight_args, dataset);
+  reference.train();
+
+  auto first = tiny_gpt2(0.1);
+  StoppingTrainer interrupted(first, args, dataset);
+  interrupted.stop_at = 3;
+  EXPECT_EQ(interrupted.train().global_step, 3);
+  ASSERT_TRUE(exists(args.output_dir + "/checkpoint-3/model.safetensors"));
+  ASSERT_TRUE(exists(args.output_dir + "/checkpoint-3/trainer_state.json"));
+
+  auto resumed_model = tiny_gpt2(0.1, /*seed=*/99);  // other weights: the checkpoint's must win
+  args.resume_from_checkpoint = "latest";
+  Trainer resumed(resumed_model, args, dataset);
+  EXPECT_EQ(resumed.train().global_step, 7);
+  EXPECT_EQ(losses(resumed), losses(reference));
+  auto want = weights(*straight), got = weights(*resumed_model);
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_TRUE(torch::equal(want[i], got[i])) << i;
+}
+
+TEST(TrainerTest, SaveTotalLimitKeepsTheNewestCheckpoints) {
+  auto dataset = make_dataset(8, 7);
+  auto args = base_args("limit");
+  args.per_device_train_batch_size = 4;
+  args.max_steps = 4;
+  args.save_strategy = "steps";
+  args.save_steps = 1;
+  args.save_total_limit = 2;
+  Trainer(tiny_gpt2(), args, dataset).train();
+  for (int step : {1, 2})
+    EXPECT_FALSE(exists(args.output_dir + "/checkpoint-" + std::to_string(step)));
+  for (int step : {3, 4})
+    EXPECT_TRUE(exists(args.output_dir + "/checkpoint-" + std::to_string(step)));
+  args.resume_from_checkpoint = args.output_dir + "/checkpoint-1";
+  ASSERT_THROWS_WITH(Trainer(tiny_gpt2(), args, dataset).train(), "is not a directory");
 }
 
 TEST(TrainerTest, InvalidSetupsAreErrors) {

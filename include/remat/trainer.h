@@ -10,13 +10,14 @@
 ///   auto metrics = trainer.evaluate();  // eval_loss, perplexity
 /// \endcode
 ///
-/// This is the core loop: epochs or max_steps, gradient accumulation with
-/// the loss normalized by the target tokens of all accumulated micro-batches,
-/// AdamW with Hugging Face's parameter groups, every learning-rate schedule,
-/// gradient clipping, bf16 autocast, gradient checkpointing, evaluation and
-/// per-step logging (also as JSON lines with report_to jsonl). Checkpoints
-/// during training, resume, fp16 loss scaling and callbacks are not part of
-/// it yet: fp16 is refused, and save_strategy only produces the final model.
+/// The loop: epochs or max_steps, gradient accumulation with the loss
+/// normalized by the target tokens of all accumulated micro-batches, AdamW
+/// with Hugging Face's parameter groups, every learning-rate schedule,
+/// gradient clipping, bf16 autocast, gradient checkpointing, evaluation,
+/// per-step logging (also as JSON lines with report_to jsonl), checkpoints
+/// (`output_dir/checkpoint-<step>`, written atomically, pruned to
+/// save_total_limit) and exact resume from them. fp16 loss scaling, callbacks
+/// and signal handling are not part of it yet; fp16 is refused.
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -65,6 +66,14 @@ class Trainer {
   virtual torch::Tensor compute_loss(torch::nn::Module& model, const data::Batch& batch,
                                      int64_t num_items_in_batch);
 
+  /// Asks train() to stop after the current optimizer step; it then saves a
+  /// checkpoint (unless save_strategy is "no") and returns.
+  void request_stop() { stop_requested_ = true; }
+
+  /// Called after every optimizer step with the new global step; the first
+  /// hook for subclasses (callbacks come later).
+  virtual void on_step_end(int64_t global_step) { (void)global_step; }
+
   /// Every log record (training lines and evaluations), as in
   /// trainer_state.json's log_history.
   const std::vector<nlohmann::json>& log_history() const { return log_history_; }
@@ -73,8 +82,14 @@ class Trainer {
   const torch::Device& device() const { return device_; }
 
  private:
+  struct Position;
   void log(nlohmann::json record);
   void save_model() const;
+  void save_model_to(const std::string& dir) const;
+  void save_checkpoint(const Position& position, torch::optim::Optimizer& optimizer,
+                       const nlohmann::json& scheduler_state);
+  Position resume(const std::string& dir, torch::optim::Optimizer& optimizer,
+                  nlohmann::json& scheduler_state);
 
   std::shared_ptr<torch::nn::Module> model_;
   TrainingArguments args_;
@@ -82,6 +97,7 @@ class Trainer {
   data::CollateFn collator_;
   torch::Device device_;
   std::vector<nlohmann::json> log_history_;
+  bool stop_requested_ = false;
 };
 
 }  // namespace remat
