@@ -1,10 +1,10 @@
 #include "remat/checkpoint.h"
 
-#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/functions/accumulate_grad.h>
 
 #include <unordered_set>
 
+#include "detail/autocast.h"
 #include "remat/logging.h"
 
 namespace remat {
@@ -74,53 +74,6 @@ class RngReplayGuard {
 
  private:
   std::optional<RngState> entry_;
-};
-
-struct AutocastState {
-  bool cpu_enabled = false;
-  at::ScalarType cpu_dtype = at::kBFloat16;
-  bool cuda_enabled = false;
-  at::ScalarType cuda_dtype = at::kHalf;
-  bool cache_enabled = true;
-
-  static AutocastState current() {
-    AutocastState s;
-    s.cpu_enabled = at::autocast::is_autocast_enabled(c10::DeviceType::CPU);
-    s.cpu_dtype = at::autocast::get_autocast_dtype(c10::DeviceType::CPU);
-    s.cuda_enabled = at::autocast::is_autocast_enabled(c10::DeviceType::CUDA);
-    s.cuda_dtype = at::autocast::get_autocast_dtype(c10::DeviceType::CUDA);
-    s.cache_enabled = at::autocast::is_autocast_cache_enabled();
-    return s;
-  }
-
-  void apply() const {
-    at::autocast::set_autocast_enabled(c10::DeviceType::CPU, cpu_enabled);
-    at::autocast::set_autocast_dtype(c10::DeviceType::CPU, cpu_dtype);
-    at::autocast::set_autocast_enabled(c10::DeviceType::CUDA, cuda_enabled);
-    at::autocast::set_autocast_dtype(c10::DeviceType::CUDA, cuda_dtype);
-    at::autocast::set_autocast_cache_enabled(cache_enabled);
-  }
-};
-
-// Runs the replay under the forward's autocast state. Like entering
-// torch.autocast in Python, it counts a nesting level and clears the cast
-// cache when the outermost level ends, so cached low-precision weight copies
-// never outlive the replay.
-class AutocastReplayGuard {
- public:
-  explicit AutocastReplayGuard(const AutocastState& recorded) : entry_(AutocastState::current()) {
-    recorded.apply();
-    at::autocast::increment_nesting();
-  }
-  ~AutocastReplayGuard() {
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    entry_.apply();
-  }
-  AutocastReplayGuard(const AutocastReplayGuard&) = delete;
-  AutocastReplayGuard& operator=(const AutocastReplayGuard&) = delete;
-
- private:
-  AutocastState entry_;
 };
 
 // The replay computes parameter gradients with torch::autograd::grad and
@@ -298,7 +251,7 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     std::vector<torch::Tensor> outputs;
     {
       RngReplayGuard rng(region->rng ? &*region->rng : nullptr, region->cuda_devices);
-      AutocastReplayGuard autocast(region->autocast);
+      AutocastGuard autocast(region->autocast);
       torch::AutoGradMode grad_mode(true);
       outputs = region->fn(inputs);
     }

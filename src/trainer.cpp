@@ -1,6 +1,5 @@
 #include "remat/trainer.h"
 
-#include <ATen/autocast_mode.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -13,7 +12,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
+#include "detail/autocast.h"
 #include "remat/data/data_collator.h"
 #include "remat/data/distributed_sampler.h"
 #include "remat/io/safetensors.h"
@@ -27,33 +28,12 @@
 namespace remat {
 namespace {
 
-// bf16 autocast for the forward pass, entered like torch.autocast: a nesting
-// level, and the cast cache cleared when the outermost level ends.
-class Bf16Autocast {
- public:
-  Bf16Autocast(bool enabled, c10::DeviceType type) : enabled_(enabled), type_(type) {
-    if (!enabled_) return;
-    was_enabled_ = at::autocast::is_autocast_enabled(type_);
-    previous_dtype_ = at::autocast::get_autocast_dtype(type_);
-    at::autocast::set_autocast_enabled(type_, true);
-    at::autocast::set_autocast_dtype(type_, at::kBFloat16);
-    at::autocast::increment_nesting();
-  }
-  ~Bf16Autocast() {
-    if (!enabled_) return;
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    at::autocast::set_autocast_enabled(type_, was_enabled_);
-    at::autocast::set_autocast_dtype(type_, previous_dtype_);
-  }
-  Bf16Autocast(const Bf16Autocast&) = delete;
-  Bf16Autocast& operator=(const Bf16Autocast&) = delete;
-
- private:
-  bool enabled_;
-  c10::DeviceType type_;
-  bool was_enabled_ = false;
-  at::ScalarType previous_dtype_ = at::kBFloat16;
-};
+// bf16 autocast for the forward pass when `enabled`.
+std::optional<detail::AutocastGuard> bf16_autocast(bool enabled, c10::DeviceType device) {
+  if (!enabled) return std::nullopt;
+  return std::optional<detail::AutocastGuard>(
+      std::in_place, detail::AutocastState::enabled_for(device, at::kBFloat16));
+}
 
 torch::Device pick_device(const TrainingArguments& args) {
   if (!args.use_cpu && torch::cuda::is_available()) return torch::Device(torch::kCUDA, 0);
@@ -405,7 +385,7 @@ TrainOutput Trainer::train() {
       for (const auto& b : group) {
         torch::Tensor loss;
         {
-          Bf16Autocast autocast(args_.bf16, device_.type());
+          auto autocast = bf16_autocast(args_.bf16, device_.type());
           loss = compute_loss(*model_, b, items);
         }
         loss.backward();
@@ -488,7 +468,7 @@ std::map<std::string, double> Trainer::evaluate() {
       auto b = batch.to(device_, /*non_blocking=*/true);
       const int64_t items = target_tokens(b);
       if (items == 0) continue;
-      Bf16Autocast autocast(args_.bf16, device_.type());
+      auto autocast = bf16_autocast(args_.bf16, device_.type());
       // compute_loss divides by its count: scale back to a sum.
       loss_sum += compute_loss(*model_, b, items).item<double>() * items;
       tokens += items;

@@ -4,6 +4,7 @@
 
 #include "remat/trainer.h"
 
+#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -228,6 +229,26 @@ TEST(TrainerTest, SaveTotalLimitKeepsTheNewestCheckpoints) {
     EXPECT_TRUE(exists(args.output_dir + "/checkpoint-" + std::to_string(step)));
   args.resume_from_checkpoint = args.output_dir + "/checkpoint-1";
   ASSERT_THROWS_WITH(Trainer(tiny_gpt2(), args, dataset).train(), "is not a directory");
+}
+
+TEST(TrainerTest, Bf16RunsTheForwardUnderAutocast) {
+  auto dataset = make_dataset(8, 8);
+  auto run = [&](bool bf16) {
+    auto args = base_args(bf16 ? "bf16" : "fp32");
+    args.per_device_train_batch_size = 4;
+    args.max_steps = 3;
+    args.bf16 = bf16;
+    Trainer trainer(tiny_gpt2(), args, dataset);
+    trainer.train();
+    return losses(trainer);
+  };
+  auto fp32 = run(false);
+  auto bf16 = run(true);
+  ASSERT_EQ(bf16.size(), 3u);
+  for (double loss : bf16) EXPECT_TRUE(std::isfinite(loss));
+  EXPECT_NE(fp32, bf16);  // the bf16 matmuls round differently
+  EXPECT_NEAR(fp32.front(), bf16.front(), 0.05);
+  EXPECT_FALSE(at::autocast::is_autocast_enabled(c10::DeviceType::CPU));
 }
 
 TEST(TrainerTest, InvalidSetupsAreErrors) {
