@@ -168,7 +168,7 @@ INSTANTIATE_TEST_SUITE_P(Models, MemoryPlanMeasured, ::testing::Values("gpt2", "
 TEST(MemoryPlanCuda, EstimateIsWithinAFactorOfTwoOfTheCudaPeak) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   const torch::Device device(torch::kCUDA, 0);
-  constexpr int64_t kBatch = 8, kSeq = 128;
+  constexpr int64_t kBatch = 16, kSeq = 128;
   for (const std::string type : {"gpt2", "llama"}) {
     auto model = tiny_model(type);
     model->to(device);
@@ -176,7 +176,9 @@ TEST(MemoryPlanCuda, EstimateIsWithinAFactorOfTwoOfTheCudaPeak) {
     const auto plan = remat::estimate_memory_plan(*model, args_with_batch(kBatch), kSeq, device);
     EXPECT_GT(plan.device_memory_mib, 1024.0);
     double peak[2] = {0, 0};
-    for (bool checkpointing : {false, true}) {
+    // A first pass allocates what stays (cuBLAS workspaces, the CUDA
+    // context's scratch), so the measured passes see only the step's memory.
+    for (bool checkpointing : {false, false, true}) {
       if (checkpointing) {
         model->gradient_checkpointing_enable();
       } else {
