@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "remat/memory.h"
 #include "remat/models/causal_lm.h"
@@ -20,24 +21,6 @@
 namespace {
 
 constexpr double kMiB = 1024.0 * 1024.0;
-
-// The peak of the tensor bytes the CPU allocator hands out while installed,
-// above what was allocated when it was installed. c10's CPU allocator
-// reports every allocation and free to this hook (the one
-// torch.profiler's profile_memory uses), so nothing is sampled or missed.
-class CpuPeakTracker : public c10::MemoryReportingInfoBase {
- public:
-  void reportMemoryUsage(void*, int64_t alloc_size, size_t, size_t, c10::Device device) override {
-    if (!device.is_cpu()) return;
-    current_ += alloc_size;
-    peak_ = std::max(peak_, current_);
-  }
-  bool memoryProfilingEnabled() const override { return true; }
-  int64_t peak() const { return peak_; }
-
- private:
-  int64_t current_ = 0, peak_ = 0;
-};
 
 std::shared_ptr<remat::models::CausalLMImpl> tiny_model(const std::string& type) {
   torch::manual_seed(0);
@@ -71,13 +54,10 @@ int64_t measure_cpu_peak(remat::models::CausalLMImpl& model, int64_t batch, int6
   remat::models::CausalLMInputs in;
   in.input_ids = torch::randint(model.config().vocab_size, {batch, seq_len});
   in.labels = in.input_ids;
-  auto tracker = std::make_shared<CpuPeakTracker>();
-  {
-    c10::DebugInfoGuard guard(c10::DebugInfoKind::PROFILER_STATE, tracker);
-    auto loss = model.forward(in).loss;
-    loss.backward();
-  }
-  return tracker->peak();
+  remat::CpuMemoryScope scope;
+  auto loss = model.forward(in).loss;
+  loss.backward();
+  return scope.peak();
 }
 
 remat::TrainingArguments args_with_batch(int64_t batch) {
@@ -266,3 +246,26 @@ TEST(StartupTable, SaysWhenAllArgumentsAreDefaultsAndActivationsUnknown) {
 }
 
 }  // namespace
+
+TEST(CpuMemoryScope, CountsEveryAllocationAndFreeOfItsThread) {
+  constexpr int64_t kBytes = 4 << 20;
+  auto outside = torch::empty({kBytes}, torch::kUInt8);
+  remat::CpuMemoryScope scope;
+  EXPECT_EQ(scope.current(), 0);
+  {
+    auto a = torch::empty({kBytes}, torch::kUInt8);
+    auto b = torch::empty({kBytes}, torch::kUInt8);
+    EXPECT_EQ(scope.current(), 2 * kBytes);
+  }
+  EXPECT_EQ(scope.current(), 0);
+  EXPECT_EQ(scope.peak(), 2 * kBytes);
+  scope.reset_peak();
+  EXPECT_EQ(scope.peak(), 0);
+  // Freeing a tensor allocated before the scope does not count.
+  outside.reset();
+  EXPECT_EQ(scope.current(), 0);
+  // Another thread's allocations are not this scope's.
+  std::thread([&] { auto t = torch::empty({kBytes}, torch::kUInt8); }).join();
+  EXPECT_EQ(scope.current(), 0);
+  EXPECT_EQ(scope.peak(), 0);
+}
