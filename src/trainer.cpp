@@ -23,16 +23,19 @@
 #include <unordered_set>
 
 #include "detail/autocast.h"
+#include "remat/callbacks.h"
 #include "remat/data/data_collator.h"
 #include "remat/data/distributed_sampler.h"
 #include "remat/grad_scaler.h"
 #include "remat/io/safetensors.h"
 #include "remat/logging.h"
 #include "remat/memory.h"
+#include "remat/memory_plan.h"
 #include "remat/models/causal_lm.h"
 #include "remat/nn/checkpointable.h"
 #include "remat/optim/adamw.h"
 #include "remat/optim/lr_scheduler.h"
+#include "remat/tensorboard.h"
 
 namespace remat {
 namespace {
@@ -584,6 +587,24 @@ Trainer::Trainer(std::shared_ptr<torch::nn::Module> model, TrainingArguments arg
 // here too.
 void Trainer::add_default_callbacks() {
   callbacks_.push_back(std::make_shared<DefaultFlowCallback>());
+  progress_ = std::make_shared<ProgressCallback>();
+  callbacks_.push_back(progress_);
+  const auto& report = args_.report_to;
+  if (std::find(report.begin(), report.end(), "tensorboard") != report.end()) {
+    callbacks_.push_back(std::make_shared<TensorBoardCallback>());
+  }
+}
+
+bool Trainer::bar_shown() const {
+  return progress_ != nullptr && progress_->enabled(args_) && state_.is_world_process_zero;
+}
+
+void Trainer::say(const std::string& line) const {
+  if (bar_shown()) {
+    progress_->write(line);
+  } else {
+    logger()->info("{}", line);
+  }
 }
 
 void Trainer::add_callback(std::shared_ptr<TrainerCallback> callback) {
@@ -681,7 +702,7 @@ void Trainer::save_checkpoint(Run& run) {
   TORCH_CHECK(::rename(tmp.c_str(), final_dir.c_str()) == 0, "Trainer: cannot rename ", tmp, " to ",
               final_dir, ": ", std::strerror(errno));
   fsync_path(args_.output_dir, O_RDONLY | O_DIRECTORY);
-  logger()->info("saved {}", final_dir);
+  say("saved " + final_dir);
   run.checkpoint = final_dir;
   run.checkpoint_step = state_.global_step;
   if (args_.save_total_limit) {
@@ -850,11 +871,13 @@ void Trainer::maybe_log_save_evaluate(Run& run) {
     if (device_.is_cuda()) record["peak_memory_mib"] = max_memory_allocated(device_) >> 20;
     if (run.scaler) record["loss_scale"] = run.scaler->get_scale();
     if (run.scaler || args_.skip_nonfinite_steps) record["skipped_steps"] = run.pos.skipped_steps;
-    logger()->info(
-        "step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.3e} | {:.1f} ms | {:.0f} tok/s",
-        state_.global_step, run.total_steps, loss_steps > 0 ? loss_sum / loss_steps : std::nan(""),
-        run.grad_norm.defined() ? run.grad_norm.item<double>() : std::nan(""), run.learning_rate,
-        record["step_ms"].get<double>(), record["tokens_per_s"].get<double>());
+    if (!bar_shown())
+      logger()->info(
+          "step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.3e} | {:.1f} ms | {:.0f} tok/s",
+          state_.global_step, run.total_steps,
+          loss_steps > 0 ? loss_sum / loss_steps : std::nan(""),
+          run.grad_norm.defined() ? run.grad_norm.item<double>() : std::nan(""), run.learning_rate,
+          record["step_ms"].get<double>(), record["tokens_per_s"].get<double>());
     run.loss_total += loss_sum;
     run.loss_total_steps += loss_steps;
     run.loss_since_log.zero_();
@@ -999,6 +1022,15 @@ TrainOutput Trainer::train() {
       train_dataset_->size(), run.epochs, run.total_steps, args_.per_device_train_batch_size,
       accumulation, args_.gradient_checkpointing ? "on" : "off",
       args_.bf16 ? "bf16" : (args_.fp16 ? "fp16 with loss scaling" : "fp32"), device_.str());
+  if (state_.is_world_process_zero) {
+    // The memory plan for the longest sequence among the first examples.
+    size_t seq_len = 1;
+    for (int64_t i = 0, n = std::min<int64_t>(train_dataset_->size(), 256); i < n; ++i) {
+      seq_len = std::max(seq_len, train_dataset_->get(i).input_ids.size());
+    }
+    const auto plan = estimate_memory_plan(*model_, args_, static_cast<int64_t>(seq_len), device_);
+    say("\n" + startup_table(*model_, args_, device_, plan));
+  }
 
   StopSignals signals;
   run.log_start = Clock::now();
@@ -1111,7 +1143,8 @@ std::map<std::string, double> Trainer::evaluate() {
     metrics["eval_steps_per_second"] = round_to(static_cast<double>(batches) / runtime, 3);
   }
   if (memory_) memory_->stop_and_update("eval", metrics);
-  logger()->info("eval | loss {:.4f} | perplexity {:.3f}", loss, std::exp(loss));
+  // With the bar drawn, the record itself is printed above it (on_log).
+  if (!bar_shown()) logger()->info("eval | loss {:.4f} | perplexity {:.3f}", loss, std::exp(loss));
   log(json(metrics));
   control_.should_evaluate = false;
   call_callbacks([&](TrainerCallback& c) { c.on_evaluate(args_, state_, control_, metrics); });

@@ -45,6 +45,8 @@
 
 namespace remat {
 
+class ProgressCallback;
+
 /// What Trainer::train() returns (transformers' TrainOutput, plus how the
 /// run ended).
 struct TrainOutput {
@@ -152,6 +154,12 @@ class Trainer {
   TrainerState state_;
   TrainerControl control_;
   std::shared_ptr<MemoryTracker> memory_;
+  // The progress bar among the default callbacks; while it draws, the
+  // per-step and evaluation lines go above it instead of to the logger.
+  std::shared_ptr<ProgressCallback> progress_;
+  // A line for the console that keeps the progress bar intact.
+  void say(const std::string& line) const;
+  bool bar_shown() const;
   std::atomic<bool> stop_requested_{false};
 };
 
