@@ -358,7 +358,9 @@ int run(int argc, char** argv) {
       "Fine-tunes a causal LM (GPT-2, Llama, Qwen2) with remat::Trainer. Without "
       "--model_name_or_path / --config_name it runs the embedded default: a small Llama-style "
       "model learns two-digit addition from generated examples, with gradient checkpointing "
-      "on.",
+      "on; its settings (output_dir finetune_output, max_steps 1500, batch 64, learning_rate "
+      "1e-3, adam_beta2 0.98, warmup_steps 50, logging_steps 100, save_strategy no, report_to "
+      "jsonl) apply unless given.",
       "remat-finetune"};
   Options o;
   remat::TrainingArguments args;

@@ -42,6 +42,14 @@ def main():
         assert os.path.exists(os.path.join(out, name)), f"{name} was not saved"
     compare_logits(out, generate, "Q: 2+2? A:", work)
 
+    # A fresh model from a config, with the tokenizer of another directory.
+    fresh = os.path.join(work, "fresh")
+    run([finetune, "--config_name", os.path.join(model_dir, "config.json"), "--tokenizer_name",
+         model_dir, "--train_file", train, "--validation_file", valid, "--output_dir", fresh,
+         "--max_steps", "5", "--per_device_train_batch_size", "4", "--benchmark_steps", "0"])
+    assert os.path.exists(os.path.join(fresh, "tokenizer.json")), "the tokenizer was not copied"
+    compare_logits(fresh, generate, "Q: 2+2? A:", work)
+
     bad = [
         (["--model_name_or_path", os.path.join(work, "nope"), "--train_file", train], "nope"),
         (["--model_name_or_path", model_dir, "--train_file", os.path.join(work, "x.csv")], "x.csv"),
