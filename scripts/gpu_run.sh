@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a CUDA machine: builds remat, runs the CUDA tests, the checkpoint
-# benchmark and the demo, and writes the logs and results into OUTDIR. Expects torch importable by python3 (or
+# benchmark, the demo and the main job (remat-finetune), and writes the logs and results into OUTDIR. Expects torch importable by python3 (or
 # CMAKE_PREFIX_PATH) and the build tools installed.
 #
 #   scripts/gpu_run.sh OUTDIR
@@ -58,4 +58,7 @@ grep -E "peak allocated|held after|relative error|FAILED" "$out/cuda_test.log"
 # Deterministic kernels on both runs: the two loss columns must agree exactly.
 CUBLAS_WORKSPACE_CONFIG=:4096:8 "$build/examples/remat-demo" --device cuda --deterministic \
   --steps 10 2>&1 | tee "$out/demo_cuda_deterministic.txt" | tail -5
+# The main job on CUDA: remat-finetune's embedded default, as scripts/demo.sh runs it.
+"$build/examples/remat-finetune" --output_dir "$out/finetune" 2>&1 | tee "$out/finetune.txt" |
+  tail -16
 exit $status

@@ -30,7 +30,9 @@ namespace remat::models {
 /// Keys and values of every layer for the tokens seen so far, each
 /// [batch, kv_heads, tokens, head_dim].
 struct KVCache {
+  /// One key tensor per layer.
   std::vector<torch::Tensor> keys;
+  /// One value tensor per layer.
   std::vector<torch::Tensor> values;
 
   /// Tokens cached (0 when empty).
@@ -73,9 +75,11 @@ struct GenerationConfig {
   int64_t max_new_tokens = 20;
   /// false: greedy (argmax); true: sample after temperature, top-k, top-p.
   bool do_sample = false;
+  /// Divides the logits before sampling; > 0.
   double temperature = 1.0;
   /// 0 disables top-k.
   int64_t top_k = 50;
+  /// Nucleus sampling: keep the smallest set of tokens with this probability; 1 disables.
   double top_p = 1.0;
   /// Seeds the global generators before sampling (as transformers.set_seed).
   std::optional<uint64_t> seed;
@@ -97,8 +101,10 @@ torch::Tensor apply_logits_warpers(torch::Tensor logits, const GenerationConfig&
 /// transformers' weight names.
 class CausalLMImpl : public torch::nn::Module {
  public:
+  /// A model of `config`; subclasses create the layers.
   explicit CausalLMImpl(ModelConfig config) : config_(std::move(config)) {}
 
+  /// The configuration (config.json) of the model.
   const ModelConfig& config() const { return config_; }
 
   /// Logits, loss (with labels) and the new cache (with use_cache).
@@ -127,11 +133,14 @@ class CausalLMImpl : public torch::nn::Module {
 
   /// Marks every decoder layer (or as `options` says) for checkpointing.
   int64_t gradient_checkpointing_enable(const nn::GradientCheckpointingOptions& options = {});
+  /// Unmarks every decoder layer.
   void gradient_checkpointing_disable();
+  /// Whether any decoder layer is marked for checkpointing.
   bool is_gradient_checkpointing() const;
 
   /// The directory from_pretrained() read, if any (tokenizer files).
   const std::string& source_dir() const { return source_dir_; }
+  /// Sets the directory whose tokenizer files save_pretrained() copies.
   void set_source_dir(std::string dir) { source_dir_ = std::move(dir); }
 
  protected:
@@ -154,6 +163,7 @@ class CausalLMImpl : public torch::nn::Module {
 struct FromPretrainedOptions {
   /// Parameter dtype; weights are converted on load. Default float32.
   torch::Dtype dtype = torch::kFloat;
+  /// Where the parameters are created. Default CPU.
   torch::Device device = torch::kCPU;
 };
 
