@@ -208,7 +208,7 @@ torch::Tensor Trainer::compute_loss(torch::nn::Module& model, const data::Batch&
               "Trainer: the model is not a remat causal LM; override Trainer::compute_loss");
   models::CausalLMInputs in;
   in.input_ids = batch.input_ids;
-  in.attention_mask = batch.attention_mask;
+  if (batch.has_padding) in.attention_mask = batch.attention_mask;
   in.labels = batch.labels;
   in.num_items_in_batch = std::max<int64_t>(num_items_in_batch, 1);
   return lm->forward(in).loss;
@@ -336,7 +336,8 @@ TrainOutput Trainer::train() {
   auto optimizer = optim::create_adamw(*model_, torch::optim::AdamWOptions(args_.learning_rate)
                                                     .betas({args_.adam_beta1, args_.adam_beta2})
                                                     .eps(args_.adam_epsilon)
-                                                    .weight_decay(args_.weight_decay));
+                                                    .weight_decay(args_.weight_decay),
+                                      optim::adamw_implementation(args_.optim));
   optim::LRScheduler scheduler(optimizer,
                                optim::LRSchedulerOptions(args_.lr_scheduler_type)
                                    .num_warmup_steps(warmup_steps(args_.warmup_steps, total_steps))

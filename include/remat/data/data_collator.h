@@ -25,6 +25,11 @@ struct Batch {
   torch::Tensor input_ids;
   torch::Tensor attention_mask;
   torch::Tensor labels;
+  /// Whether any row has padding (a 0 in attention_mask). Known on the host
+  /// when the batch is built, so a model given no mask for an unpadded batch
+  /// attends causally without reading the mask back from the device. A
+  /// collator that does not know leaves it true.
+  bool has_padding = true;
 
   /// The same batch on `device`.
   ///
