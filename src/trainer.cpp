@@ -1,5 +1,7 @@
 #include "remat/trainer.h"
 
+#include <ATen/cuda/CUDAContext.h>
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -26,6 +28,7 @@
 #include "remat/callbacks.h"
 #include "remat/data/data_collator.h"
 #include "remat/data/distributed_sampler.h"
+#include "remat/flops.h"
 #include "remat/grad_scaler.h"
 #include "remat/io/safetensors.h"
 #include "remat/logging.h"
@@ -530,6 +533,7 @@ struct Trainer::Run {
   int64_t total_steps = 0;  // max_steps of the run
   int64_t epochs = 0;
   double flops_per_token = 0;
+  std::optional<double> peak_flops;
 
   Clock::time_point start_time;
   int64_t initial_global_step = 0;
@@ -633,7 +637,7 @@ torch::Tensor Trainer::compute_loss(torch::nn::Module& model, const data::Batch&
               "Trainer: the model is not a remat causal LM; override Trainer::compute_loss");
   models::CausalLMInputs in;
   in.input_ids = batch.input_ids;
-  in.attention_mask = batch.attention_mask;
+  if (batch.has_padding) in.attention_mask = batch.attention_mask;
   in.labels = batch.labels;
   in.num_items_in_batch = std::max<int64_t>(num_items_in_batch, 1);
   return lm->forward(in).loss;
@@ -868,16 +872,28 @@ void Trainer::maybe_log_save_evaluate(Run& run) {
     const int64_t steps = std::max<int64_t>(run.steps_since_log, 1);
     record["step_ms"] = 1000 * seconds / steps;
     record["tokens_per_s"] = run.tokens_since_log / std::max(seconds, 1e-9);
+    // Model FLOPs utilization where the device's peak is known (CUDA cards
+    // such as the H100; not the CPU).
+    if (run.peak_flops) {
+      record["mfu"] = run.flops_per_token * record["tokens_per_s"].get<double>() / *run.peak_flops;
+    }
     if (device_.is_cuda()) record["peak_memory_mib"] = max_memory_allocated(device_) >> 20;
     if (run.scaler) record["loss_scale"] = run.scaler->get_scale();
     if (run.scaler || args_.skip_nonfinite_steps) record["skipped_steps"] = run.pos.skipped_steps;
-    if (!bar_shown())
+    if (!bar_shown()) {
+      std::string extra;
+      if (record.contains("mfu"))
+        extra += fmt::format(" | MFU {:.1f}%", 100 * record["mfu"].get<double>());
+      if (record.contains("peak_memory_mib")) {
+        extra += fmt::format(" | peak {} MiB", record["peak_memory_mib"].get<int64_t>());
+      }
       logger()->info(
-          "step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.3e} | {:.1f} ms | {:.0f} tok/s",
+          "step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.3e} | {:.1f} ms | {:.0f} tok/s{}",
           state_.global_step, run.total_steps,
           loss_steps > 0 ? loss_sum / loss_steps : std::nan(""),
           run.grad_norm.defined() ? run.grad_norm.item<double>() : std::nan(""), run.learning_rate,
-          record["step_ms"].get<double>(), record["tokens_per_s"].get<double>());
+          record["step_ms"].get<double>(), record["tokens_per_s"].get<double>(), extra);
+    }
     run.loss_total += loss_sum;
     run.loss_total_steps += loss_steps;
     run.loss_since_log.zero_();
@@ -980,10 +996,12 @@ TrainOutput Trainer::train() {
                         : static_cast<int64_t>(std::ceil(args_.num_train_epochs * steps_per_epoch));
   run.epochs = (run.total_steps + steps_per_epoch - 1) / steps_per_epoch;
 
-  auto optimizer = optim::create_adamw(*model_, torch::optim::AdamWOptions(args_.learning_rate)
-                                                    .betas({args_.adam_beta1, args_.adam_beta2})
-                                                    .eps(args_.adam_epsilon)
-                                                    .weight_decay(args_.weight_decay));
+  auto optimizer = optim::create_adamw(*model_,
+                                       torch::optim::AdamWOptions(args_.learning_rate)
+                                           .betas({args_.adam_beta1, args_.adam_beta2})
+                                           .eps(args_.adam_epsilon)
+                                           .weight_decay(args_.weight_decay),
+                                       optim::adamw_implementation(args_.optim));
   optim::LRScheduler scheduler(
       optimizer, optim::LRSchedulerOptions(args_.lr_scheduler_type)
                      .num_warmup_steps(warmup_steps(args_.warmup_steps, run.total_steps))
@@ -998,6 +1016,11 @@ TrainOutput Trainer::train() {
     if (p.requires_grad()) run.params.push_back(p);
   }
   run.flops_per_token = 6.0 * static_cast<double>(non_embedding_parameters(*model_));
+  if (device_.is_cuda()) {
+    run.peak_flops =
+        peak_flops(at::cuda::getDeviceProperties(device_.has_index() ? device_.index() : 0)->name,
+                   args_.bf16 || args_.fp16);
+  }
 
   // A new state for this run; the records logged before it (an evaluation
   // before training) stay in the history.

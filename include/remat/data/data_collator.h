@@ -28,6 +28,11 @@ struct Batch {
   torch::Tensor attention_mask;
   /// [batch, tokens] int64 targets; padding and masked tokens are -100.
   torch::Tensor labels;
+  /// Whether any row has padding (a 0 in attention_mask). Known on the host
+  /// when the batch is built, so a model given no mask for an unpadded batch
+  /// attends causally without reading the mask back from the device. A
+  /// collator that does not know leaves it true.
+  bool has_padding = true;
 
   /// The same batch on `device`.
   ///

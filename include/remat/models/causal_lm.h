@@ -57,11 +57,19 @@ struct CausalLMInputs {
   /// When set, the loss is the sum over counted tokens divided by this (the
   /// Trainer passes the token count of all accumulated micro-batches).
   std::optional<int64_t> num_items_in_batch;
+  /// Also return the logits when labels are given. Without labels the logits
+  /// are always returned. With labels and false (the default, what training
+  /// wants) the loss is computed by remat::nn::linear_cross_entropy, chunk by
+  /// chunk, and the full [batch, tokens, vocab] logits never exist (in the
+  /// forward or the backward); `logits` is then undefined. Same loss and
+  /// gradients either way, within float rounding.
+  bool return_logits = false;
 };
 
 /// What CausalLMImpl::forward returns.
 struct CausalLMOutput {
-  /// [batch, tokens, vocab] in the model's dtype.
+  /// [batch, tokens, vocab] in the model's dtype; undefined when labels were
+  /// given without return_logits.
   torch::Tensor logits;
   /// Scalar float32 loss when labels were given, else undefined.
   torch::Tensor loss;
@@ -148,12 +156,19 @@ class CausalLMImpl : public torch::nn::Module {
   virtual std::vector<std::string> tied_weight_names() const { return {}; }
   /// Maps a name found in a file to the model's name ("" to ignore it).
   virtual std::string canonical_name(const std::string& name) const { return name; }
-  /// Loss as transformers' ForCausalLMLoss.
+  /// Loss as transformers' ForCausalLMLoss, from the full logits.
   static torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels,
                                       std::optional<int64_t> num_items_in_batch);
-  /// The output for `logits`: with the loss when `in` has labels.
-  static CausalLMOutput make_output(torch::Tensor logits, const CausalLMInputs& in,
-                                    std::optional<KVCache> cache);
+  /// The same loss from the final hidden states [batch, tokens, hidden] and
+  /// the LM head's weight [vocab, hidden], chunk by chunk, without the logits.
+  static torch::Tensor chunked_causal_lm_loss(const torch::Tensor& hidden,
+                                              const torch::Tensor& head_weight,
+                                              const torch::Tensor& labels,
+                                              std::optional<int64_t> num_items_in_batch);
+  /// The output for the final hidden states and the LM head's weight: the
+  /// logits unless only the loss is wanted, and the loss when `in` has labels.
+  static CausalLMOutput make_output(const torch::Tensor& hidden, const torch::Tensor& head_weight,
+                                    const CausalLMInputs& in, std::optional<KVCache> cache);
 
   ModelConfig config_;
   std::string source_dir_;
