@@ -104,8 +104,10 @@ class TimedTrainer : public remat::Trainer {
   TimedTrainer(std::shared_ptr<torch::nn::Module> model, remat::TrainingArguments args,
                std::shared_ptr<const remat::data::Dataset> data, int64_t warmup, bool plain_loss)
       : Trainer(std::move(model), std::move(args), std::move(data)),
-        warmup_(warmup),
-        plain_loss_(plain_loss) {}
+        plain_loss_(plain_loss),
+        timer_(std::make_shared<StepTimer>(device(), warmup)) {
+    add_callback(timer_);
+  }
 
   // As the Trainer's, with the option of the loss from the full logits (the
   // path before the chunked LM head), for before/after measurements.
@@ -121,18 +123,29 @@ class TimedTrainer : public remat::Trainer {
     return dynamic_cast<remat::models::CausalLMImpl&>(model).forward(in).loss;
   }
 
-  void on_step_end(int64_t step) override {
-    if (device().is_cuda()) torch::cuda::synchronize();
-    ends.push_back(Clock::now());
-    if (step == warmup_ && device().is_cuda()) remat::reset_peak_memory_stats(device());
-    if (step == args().max_steps) request_stop();
-  }
+  // The benchmark keeps no model.
+  void save_model(const std::string&) const override {}
 
-  std::vector<Clock::time_point> ends;
+  const std::vector<Clock::time_point>& ends() const { return timer_->ends; }
 
  private:
-  int64_t warmup_;
+  // The end of every optimizer step, the device synchronized; the peak
+  // memory counted from the end of the warm-up.
+  struct StepTimer : remat::TrainerCallback {
+    StepTimer(torch::Device device, int64_t warmup) : device(device), warmup(warmup) {}
+    void on_step_end(const remat::TrainingArguments&, remat::TrainerState& state,
+                     remat::TrainerControl&) override {
+      if (device.is_cuda()) torch::cuda::synchronize();
+      ends.push_back(Clock::now());
+      if (state.global_step == warmup && device.is_cuda()) remat::reset_peak_memory_stats(device);
+    }
+    torch::Device device;
+    int64_t warmup;
+    std::vector<Clock::time_point> ends;
+  };
+
   bool plain_loss_;
+  std::shared_ptr<StepTimer> timer_;
 };
 
 struct Policy {
@@ -257,9 +270,9 @@ json run_policy(const Shape& s, const Policy& policy, const RunOptions& o) {
   rmdir(dir);
 
   std::vector<double> step_ms;
-  for (size_t i = static_cast<size_t>(warmup); i < trainer.ends.size(); ++i) {
-    const auto begin = i == 0 ? start : trainer.ends[i - 1];
-    step_ms.push_back(std::chrono::duration<double, std::milli>(trainer.ends[i] - begin).count());
+  for (size_t i = static_cast<size_t>(warmup); i < trainer.ends().size(); ++i) {
+    const auto begin = i == 0 ? start : trainer.ends()[i - 1];
+    step_ms.push_back(std::chrono::duration<double, std::milli>(trainer.ends()[i] - begin).count());
   }
   std::vector<double> losses;
   for (const auto& record : trainer.log_history()) {
