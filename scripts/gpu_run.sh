@@ -64,7 +64,7 @@ if [ ! -f "$build/build.ninja" ]; then
     { cp "$build/configure.log" "$out/"; tail -40 "$out/configure.log"; exit 1; }
 fi
 start=$SECONDS
-cmake --build "$build" >"$build/build.log" 2>&1 ||
+cmake --build "$build" -- -k 0 >"$build/build.log" 2>&1 ||
   { cp "$build/build.log" "$out/"; grep -E "error|FAILED" -A5 "$out/build.log" | head -60; exit 1; }
 echo "built in $((SECONDS - start)) s"
 
