@@ -102,9 +102,11 @@ class RandomTokens : public remat::data::Dataset {
 class TimedTrainer : public remat::Trainer {
  public:
   TimedTrainer(std::shared_ptr<torch::nn::Module> model, remat::TrainingArguments args,
-               std::shared_ptr<const remat::data::Dataset> data, int64_t warmup, bool plain_loss)
+               std::shared_ptr<const remat::data::Dataset> data, int64_t warmup, bool plain_loss,
+               int64_t loss_chunk_rows)
       : Trainer(std::move(model), std::move(args), std::move(data)),
         plain_loss_(plain_loss),
+        loss_chunk_rows_(loss_chunk_rows),
         timer_(std::make_shared<StepTimer>(device(), warmup)) {
     add_callback(timer_);
   }
@@ -113,13 +115,16 @@ class TimedTrainer : public remat::Trainer {
   // path before the chunked LM head), for before/after measurements.
   torch::Tensor compute_loss(torch::nn::Module& model, const remat::data::Batch& batch,
                              int64_t num_items_in_batch) override {
-    if (!plain_loss_) return Trainer::compute_loss(model, batch, num_items_in_batch);
+    if (!plain_loss_ && loss_chunk_rows_ == 0) {
+      return Trainer::compute_loss(model, batch, num_items_in_batch);
+    }
     remat::models::CausalLMInputs in;
     in.input_ids = batch.input_ids;
     if (batch.has_padding) in.attention_mask = batch.attention_mask;
     in.labels = batch.labels;
     in.num_items_in_batch = std::max<int64_t>(num_items_in_batch, 1);
-    in.return_logits = true;
+    in.return_logits = plain_loss_;
+    in.loss_chunk_rows = loss_chunk_rows_;
     return dynamic_cast<remat::models::CausalLMImpl&>(model).forward(in).loss;
   }
 
@@ -145,6 +150,7 @@ class TimedTrainer : public remat::Trainer {
   };
 
   bool plain_loss_;
+  int64_t loss_chunk_rows_;
   std::shared_ptr<StepTimer> timer_;
 };
 
@@ -222,6 +228,7 @@ std::string device_name(const torch::Device& device) {
 struct RunOptions {
   torch::Device device = torch::kCPU;
   bool bf16 = false, plain_loss = false;
+  int64_t loss_chunk_rows = 0;
   int64_t warmup = 3, steps = 10;
   std::string optim = "adamw_torch_fused";
   uint64_t seed = 0;
@@ -264,7 +271,7 @@ json run_policy(const Shape& s, const Policy& policy, const RunOptions& o) {
   args.use_cpu = !device.is_cuda();
   args.validate();
   auto data = std::make_shared<RandomTokens>(s.batch * (warmup + steps), s.seq, s.vocab, seed);
-  TimedTrainer trainer(model, args, data, warmup, o.plain_loss);
+  TimedTrainer trainer(model, args, data, warmup, o.plain_loss, o.loss_chunk_rows);
   const auto start = Clock::now();
   trainer.train();
   rmdir(dir);
@@ -288,6 +295,9 @@ json run_policy(const Shape& s, const Policy& policy, const RunOptions& o) {
   // Non-default paths are named, so compare.py keeps them apart.
   std::string framework = "remat";
   if (o.plain_loss) framework += "+plain_loss";
+  if (!o.plain_loss && o.loss_chunk_rows > 0) {
+    framework += "+chunk" + std::to_string(o.loss_chunk_rows);
+  }
   if (optim != "adamw_torch_fused") framework += "+" + optim;
   json r = {{"framework", framework},
             {"arch", s.arch},
@@ -363,6 +373,7 @@ int main(int argc, char** argv) {
   int64_t steps = 10, warmup = 3;
   uint64_t seed = 0;
   bool bf16 = false, plain_loss = false;
+  int64_t loss_chunk_rows = 0;
   std::string arch;  // empty: the preset's
   int64_t layers = 0, hidden = 0, heads = 0, kv_heads = 0, ffn = 0, vocab = 0, batch = 0,
           seq = 0;  // 0: the preset's
@@ -384,6 +395,9 @@ int main(int argc, char** argv) {
   app.add_flag("--bf16", bf16, "bf16 autocast, as TrainingArguments.bf16");
   app.add_flag("--plain_loss", plain_loss,
                "compute the loss from the full logits (return_logits) instead of chunk by chunk");
+  app.add_option("--loss_chunk_rows", loss_chunk_rows,
+                 "tokens per chunk of the chunked loss (default 0: about 128 MiB of fp32 logits)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--optim", optim, "adamw_torch_fused (default) or adamw_torch")
       ->check(CLI::IsMember({"adamw_torch_fused", "adamw_torch"}));
   app.add_option("--device", device_arg, "cuda or cpu (default: cuda when available)");
@@ -411,6 +425,7 @@ int main(int argc, char** argv) {
       run.device = device;
       run.bf16 = bf16;
       run.plain_loss = plain_loss;
+      run.loss_chunk_rows = loss_chunk_rows;
       run.warmup = warmup;
       run.steps = steps;
       run.optim = optim;

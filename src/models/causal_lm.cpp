@@ -53,11 +53,13 @@ torch::Tensor CausalLMImpl::causal_lm_loss(const torch::Tensor& logits, const to
 torch::Tensor CausalLMImpl::chunked_causal_lm_loss(const torch::Tensor& hidden,
                                                    const torch::Tensor& head_weight,
                                                    const torch::Tensor& labels,
-                                                   std::optional<int64_t> num_items_in_batch) {
+                                                   std::optional<int64_t> num_items_in_batch,
+                                                   int64_t chunk_rows) {
   check_labels(labels, hidden.sizes().slice(0, 2));
   check_num_items(num_items_in_batch);
   auto targets = shifted_labels(labels, hidden.device()).reshape(-1);
-  auto sum = nn::linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), head_weight, targets);
+  auto sum = nn::linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), head_weight, targets,
+                                      {}, nn::LinearCrossEntropyOptions().chunk_rows(chunk_rows));
   if (num_items_in_batch) return sum / static_cast<double>(*num_items_in_batch);
   // torch's mean reduction: over the counted targets (NaN when there are none).
   return sum / (targets != -100).sum();
@@ -69,7 +71,8 @@ CausalLMOutput CausalLMImpl::make_output(const torch::Tensor& hidden,
   CausalLMOutput out;
   out.past_key_values = std::move(cache);
   if (in.labels && !in.return_logits) {
-    out.loss = chunked_causal_lm_loss(hidden, head_weight, *in.labels, in.num_items_in_batch);
+    out.loss = chunked_causal_lm_loss(hidden, head_weight, *in.labels, in.num_items_in_batch,
+                                      in.loss_chunk_rows);
     return out;
   }
   out.logits = torch::matmul(hidden, head_weight.t());

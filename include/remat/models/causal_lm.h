@@ -64,6 +64,10 @@ struct CausalLMInputs {
   /// forward or the backward); `logits` is then undefined. Same loss and
   /// gradients either way, within float rounding.
   bool return_logits = false;
+  /// Rows (tokens) per chunk of that loss; 0 picks about 128 MiB of fp32
+  /// logits per chunk. Larger chunks mean fewer, larger matrix products
+  /// (faster) and more memory.
+  int64_t loss_chunk_rows = 0;
 };
 
 /// What CausalLMImpl::forward returns.
@@ -164,7 +168,8 @@ class CausalLMImpl : public torch::nn::Module {
   static torch::Tensor chunked_causal_lm_loss(const torch::Tensor& hidden,
                                               const torch::Tensor& head_weight,
                                               const torch::Tensor& labels,
-                                              std::optional<int64_t> num_items_in_batch);
+                                              std::optional<int64_t> num_items_in_batch,
+                                              int64_t chunk_rows = 0);
   /// The output for the final hidden states and the LM head's weight: the
   /// logits unless only the loss is wanted, and the loss when `in` has labels.
   static CausalLMOutput make_output(const torch::Tensor& hidden, const torch::Tensor& head_weight,
