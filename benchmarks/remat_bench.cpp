@@ -396,7 +396,7 @@ int main(int argc, char** argv) {
   app.add_flag("--plain_loss", plain_loss,
                "compute the loss from the full logits (return_logits) instead of chunk by chunk");
   app.add_option("--loss_chunk_rows", loss_chunk_rows,
-                 "tokens per chunk of the chunked loss (default 0: about 128 MiB of fp32 logits)")
+                 "tokens per chunk of the chunked loss (default 0: about 512 MiB of fp32 logits)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--optim", optim, "adamw_torch_fused (default) or adamw_torch")
       ->check(CLI::IsMember({"adamw_torch_fused", "adamw_torch"}));

@@ -11,8 +11,10 @@ using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-// About 128 MiB of float32 logits per chunk.
-constexpr int64_t kChunkElements = int64_t{1} << 25;
+// About 512 MiB of float32 logits per chunk: measured on an H100 with GPT-2
+// 124M at 16 x 1024 tokens (bf16), chunks of 128 MiB cost 6 ms more per step
+// than these (25 chunks against 7) for 720 MiB less peak memory.
+constexpr int64_t kChunkElements = int64_t{1} << 27;
 
 // The dtype the plain path's linear would compute the logits in.
 at::ScalarType logits_dtype(const Tensor& hidden, const Tensor& weight) {

@@ -64,7 +64,7 @@ struct CausalLMInputs {
   /// forward or the backward); `logits` is then undefined. Same loss and
   /// gradients either way, within float rounding.
   bool return_logits = false;
-  /// Rows (tokens) per chunk of that loss; 0 picks about 128 MiB of fp32
+  /// Rows (tokens) per chunk of that loss; 0 picks about 512 MiB of fp32
   /// logits per chunk. Larger chunks mean fewer, larger matrix products
   /// (faster) and more memory.
   int64_t loss_chunk_rows = 0;

@@ -19,7 +19,7 @@ namespace remat::nn {
 /// Options of linear_cross_entropy().
 struct LinearCrossEntropyOptions {
   /// Rows of `hidden` per chunk; 0 (the default) picks the rows whose fp32
-  /// logits take about 128 MiB (667 rows for a vocabulary of 50,304).
+  /// logits take about 512 MiB (2,668 rows for a vocabulary of 50,304).
   TORCH_ARG(int64_t, chunk_rows) = 0;
   /// Targets equal to this contribute neither loss nor gradient.
   TORCH_ARG(int64_t, ignore_index) = -100;
