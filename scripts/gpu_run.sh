@@ -25,6 +25,11 @@ fi
 if [ -d "$root/.deps/utf8proc/usr/include" ] && [ ! -f /usr/include/utf8proc.h ]; then
   prefix="$prefix;$root/.deps/utf8proc/usr"
 fi
+# The Gloo headers (.deps/gloo: the unpacked libgloo-dev package) are found by
+# CMakeLists.txt itself; only headers are needed, no library.
+if [ ! -f /usr/include/gloo/algorithm.h ] && [ ! -d "$root/.deps/gloo/usr/include/gloo" ]; then
+  echo "gpu_run: no Gloo headers: install libgloo-dev or unpack it into .deps/gloo" >&2
+fi
 
 {
   date -u +%Y-%m-%dT%H:%M:%SZ
@@ -58,4 +63,6 @@ grep -E "peak allocated|held after|relative error|FAILED" "$out/cuda_test.log"
 # Deterministic kernels on both runs: the two loss columns must agree exactly.
 CUBLAS_WORKSPACE_CONFIG=:4096:8 "$build/examples/remat-demo" --device cuda --deterministic \
   --steps 10 2>&1 | tee "$out/demo_cuda_deterministic.txt" | tail -5
+# Distributed training with NCCL (world size 1, and 2 with two GPUs).
+bash "$root/scripts/gpu_dist.sh" "$out" "$build" || status=1
 exit $status

@@ -17,6 +17,7 @@
 #include "detail/autocast.h"
 #include "remat/data/data_collator.h"
 #include "remat/data/distributed_sampler.h"
+#include "remat/distributed/data_parallel.h"
 #include "remat/io/safetensors.h"
 #include "remat/logging.h"
 #include "remat/memory.h"
@@ -194,6 +195,15 @@ Trainer::Trainer(std::shared_ptr<torch::nn::Module> model, TrainingArguments arg
   TORCH_CHECK(args_.eval_strategy == "no" || eval_dataset_ != nullptr, "Trainer: eval_strategy \"",
               args_.eval_strategy,
               "\" needs an eval dataset; pass one or set eval_strategy \"no\"");
+  if (auto env = distributed::LaunchEnv::from_env(); env.launched) {
+    group_ = distributed::ProcessGroup::create(
+        env, distributed::ProcessGroupOptions().use_cpu(args_.use_cpu).timeout_seconds(
+                 args_.ddp_timeout));
+    device_ = group_->device();
+  }
+  TORCH_CHECK(group_ || !args_.fsdp || args_.fsdp->empty(), "Trainer: fsdp \"", args_.fsdp.value_or(""),
+              "\" needs a distributed launch; start the program with torchrun (see "
+              "docs/distributed.md), --nproc-per-node 1 for one process");
   if (!collator_) {
     collator_ =
         data::DataCollatorForCausalLM(data::DataCollatorForCausalLMOptions(pad_token_of(*model_)));
@@ -216,6 +226,7 @@ torch::Tensor Trainer::compute_loss(torch::nn::Module& model, const data::Batch&
 
 void Trainer::log(nlohmann::json record) {
   log_history_.push_back(record);
+  if (group_ && group_->rank() != 0) return;
   const auto& report = args_.report_to;
   if (std::find(report.begin(), report.end(), "jsonl") == report.end()) return;
   std::filesystem::create_directories(args_.output_dir);
@@ -227,12 +238,20 @@ void Trainer::log(nlohmann::json record) {
 void Trainer::save_model() const { save_model_to(args_.output_dir); }
 
 void Trainer::save_model_to(const std::string& dir) const {
-  if (auto* lm = dynamic_cast<const models::CausalLMImpl*>(model_.get())) {
+  if (parallel_) parallel_->gather_full_parameters();
+  const bool writes = !group_ || group_->rank() == 0;
+  if (writes) save_model_files(*model_, dir);
+  if (parallel_) parallel_->release_full_parameters(/*loaded=*/false);
+  if (group_) group_->barrier();
+}
+
+void Trainer::save_model_files(const torch::nn::Module& model, const std::string& dir) {
+  if (auto* lm = dynamic_cast<const models::CausalLMImpl*>(&model)) {
     lm->save_pretrained(dir);
     return;
   }
   torch::serialize::OutputArchive archive;
-  model_->save(archive);
+  model.save(archive);
   archive.save_to(dir + "/model.pt");
 }
 
@@ -240,17 +259,31 @@ void Trainer::save_checkpoint(const Position& position, torch::optim::Optimizer&
                               const nlohmann::json& scheduler_state) {
   const std::string name = "checkpoint-" + std::to_string(position.global_step);
   const std::string final_dir = args_.output_dir + "/" + name;
-  const std::string tmp = args_.output_dir + "/.tmp-" + name + "-" + std::to_string(::getpid());
-  remove_tree(tmp);
-  make_directory(tmp);
+  // Rank 0 writes; under FSDP every rank adds its optimizer shard.
+  const bool main = !group_ || group_->rank() == 0;
+  const std::string tmp = args_.output_dir + "/.tmp-" + name;
+  if (main) {
+    remove_tree(tmp);
+    make_directory(tmp);
+  }
+  if (group_) group_->barrier();
   save_model_to(tmp);
-  torch::serialize::OutputArchive archive;
-  optimizer.save(archive);
-  archive.save_to(tmp + "/optimizer.pt");
+  const bool sharded = parallel_ && parallel_->sharded_optimizer_state();
+  if (main || sharded) {
+    torch::serialize::OutputArchive archive;
+    optimizer.save(archive);
+    archive.save_to(tmp + "/" + optimizer_file());
+  }
+  if (group_) group_->barrier();
+  if (!main) {
+    group_->barrier();  // rank 0 renames the directory
+    return;
+  }
   write_file(tmp + "/scheduler.json", scheduler_state.dump(2));
   torch::save(rng_states(), tmp + "/rng_state.pt");
   nlohmann::json state = position.to_json();
   state["log_history"] = log_history_;
+  state["world_size"] = group_ ? group_->world_size() : 1;
   write_file(tmp + "/trainer_state.json", state.dump(2));
   args_.to_json_file(tmp + "/training_args.json");
   // Only a complete checkpoint ever carries the final name: write aside,
@@ -261,10 +294,17 @@ void Trainer::save_checkpoint(const Position& position, torch::optim::Optimizer&
               final_dir, ": ", std::strerror(errno));
   fsync_path(args_.output_dir, O_RDONLY | O_DIRECTORY);
   logger()->info("saved {}", final_dir);
-  if (!args_.save_total_limit) return;
-  auto checkpoints = list_checkpoints(args_.output_dir);
-  const auto limit = static_cast<size_t>(*args_.save_total_limit);
-  for (size_t i = 0; i + limit < checkpoints.size(); ++i) remove_tree(checkpoints[i].second);
+  if (args_.save_total_limit) {
+    auto checkpoints = list_checkpoints(args_.output_dir);
+    const auto limit = static_cast<size_t>(*args_.save_total_limit);
+    for (size_t i = 0; i + limit < checkpoints.size(); ++i) remove_tree(checkpoints[i].second);
+  }
+  if (group_) group_->barrier();
+}
+
+std::string Trainer::optimizer_file() const {
+  if (!parallel_ || !parallel_->sharded_optimizer_state()) return "optimizer.pt";
+  return "optimizer.rank" + std::to_string(group_->rank()) + ".pt";
 }
 
 Trainer::Position Trainer::resume(const std::string& requested, torch::optim::Optimizer& optimizer,
@@ -277,6 +317,13 @@ Trainer::Position Trainer::resume(const std::string& requested, torch::optim::Op
     dir = checkpoints.back().second;
   }
   TORCH_CHECK(is_directory(dir), "Trainer: resume_from_checkpoint ", dir, " is not a directory");
+  auto state = nlohmann::json::parse(read_file(dir + "/trainer_state.json"));
+  const int64_t world = group_ ? group_->world_size() : 1;
+  const int64_t saved_world = state.value("world_size", int64_t{1});
+  TORCH_CHECK(saved_world == world, "Trainer: checkpoint ", dir, " was written by ", saved_world,
+              " processes but this run has ", world,
+              "; resume with the same number of processes (torchrun --nproc-per-node)");
+  if (parallel_) parallel_->gather_full_parameters();
   if (auto* lm = dynamic_cast<models::CausalLMImpl*>(model_.get())) {
     lm->load_hf_state_dict(io::load_model_weights(dir));
   } else {
@@ -284,14 +331,14 @@ Trainer::Position Trainer::resume(const std::string& requested, torch::optim::Op
     archive.load_from(dir + "/model.pt", device_);
     model_->load(archive);
   }
+  if (parallel_) parallel_->release_full_parameters(/*loaded=*/true);
   torch::serialize::InputArchive archive;
-  archive.load_from(dir + "/optimizer.pt", device_);
+  archive.load_from(dir + "/" + optimizer_file(), device_);
   optimizer.load(archive);
   scheduler_state = nlohmann::json::parse(read_file(dir + "/scheduler.json"));
   std::vector<torch::Tensor> states;
   torch::load(states, dir + "/rng_state.pt");
   set_rng_states(states);
-  auto state = nlohmann::json::parse(read_file(dir + "/trainer_state.json"));
   Position position;
   position.global_step = state.at("global_step").get<int64_t>();
   position.epoch = state.at("epoch_index").get<int64_t>();
@@ -312,11 +359,20 @@ TrainOutput Trainer::train() {
   }
   model_->train();
   stop_requested_ = false;
+  if (group_) {
+    parallel_.reset();  // a second train() wraps afresh
+    parallel_ = distributed::wrap(model_, group_, args_.fsdp, args_.fsdp_config_object());
+  }
+  const int64_t world = group_ ? group_->world_size() : 1;
+  const bool main = !group_ || group_->rank() == 0;
 
   const int64_t seed = args_.data_seed.value_or(args_.seed);
   data::DataLoader loader(train_dataset_,
                           data::DistributedSampler(train_dataset_->size(),
-                                                   data::DistributedSamplerOptions().seed(seed)),
+                                                   data::DistributedSamplerOptions()
+                                                       .seed(seed)
+                                                       .num_replicas(world)
+                                                       .rank(group_ ? group_->rank() : 0)),
                           collator_,
                           data::DataLoaderOptions()
                               .batch_size(args_.per_device_train_batch_size)
@@ -333,10 +389,13 @@ TrainOutput Trainer::train() {
           : static_cast<int64_t>(std::ceil(args_.num_train_epochs * steps_per_epoch));
   const int64_t epochs = (total_steps + steps_per_epoch - 1) / steps_per_epoch;
 
-  auto optimizer = optim::create_adamw(*model_, torch::optim::AdamWOptions(args_.learning_rate)
-                                                    .betas({args_.adam_beta1, args_.adam_beta2})
-                                                    .eps(args_.adam_epsilon)
-                                                    .weight_decay(args_.weight_decay));
+  const auto adamw = torch::optim::AdamWOptions(args_.learning_rate)
+                         .betas({args_.adam_beta1, args_.adam_beta2})
+                         .eps(args_.adam_epsilon)
+                         .weight_decay(args_.weight_decay);
+  // Under FSDP the optimizer steps the local shards: its state is sharded.
+  auto optimizer = parallel_ ? torch::optim::AdamW(parallel_->parameter_groups(adamw), adamw)
+                             : optim::create_adamw(*model_, adamw);
   optim::LRScheduler scheduler(optimizer,
                                optim::LRSchedulerOptions(args_.lr_scheduler_type)
                                    .num_warmup_steps(warmup_steps(args_.warmup_steps, total_steps))
@@ -381,25 +440,35 @@ TrainOutput Trainer::train() {
       pos.batches_in_epoch += static_cast<int64_t>(group.size());
       int64_t items = 0;
       for (const auto& b : group) items += target_tokens(b);
+      // Data parallel: every rank divides by the tokens of all ranks and
+      // scales by the world size, which the gradient averaging undoes, so N
+      // ranks train as one process on the concatenated batch.
+      if (group_) items = static_cast<int64_t>(group_->all_reduce_sum(static_cast<double>(items)));
       double step_loss = 0;
-      for (const auto& b : group) {
+      for (size_t i = 0; i < group.size(); ++i) {
+        const auto& b = group[i];
+        if (parallel_) parallel_->set_requires_gradient_sync(i + 1 == group.size());
         torch::Tensor loss;
         {
           auto autocast = bf16_autocast(args_.bf16, device_.type());
           loss = compute_loss(*model_, b, items);
         }
-        loss.backward();
+        (world > 1 ? loss * static_cast<double>(world) : loss).backward();
+        if (parallel_) parallel_->finish_gradient_sync();
         step_loss += loss.item<double>();
-        tokens_since_log += b.input_ids.numel();
+        tokens_since_log += b.input_ids.numel() * world;
       }
-      const double grad_norm = torch::nn::utils::clip_grad_norm_(
-          params,
-          args_.max_grad_norm > 0 ? args_.max_grad_norm : std::numeric_limits<double>::infinity());
+      if (group_) step_loss = group_->all_reduce_sum(step_loss);
+      const double max_norm =
+          args_.max_grad_norm > 0 ? args_.max_grad_norm : std::numeric_limits<double>::infinity();
+      const double grad_norm = parallel_ ? parallel_->clip_grad_norm(max_norm)
+                                         : torch::nn::utils::clip_grad_norm_(params, max_norm);
       const int64_t step = ++pos.global_step;
       TORCH_CHECK(std::isfinite(step_loss) && std::isfinite(grad_norm),
                   "Trainer: non-finite loss (", step_loss, ") or gradient norm (", grad_norm,
                   ") at step ", step, "; lower the learning rate or check the data");
       optimizer.step();
+      if (parallel_) parallel_->after_optimizer_step();
       scheduler.step();
       optimizer.zero_grad();
       loss_since_log += step_loss;
@@ -420,7 +489,7 @@ TrainOutput Trainer::train() {
             {"step_ms", 1000 * seconds / steps_since_log},
             {"tokens_per_s", tokens_since_log / std::max(seconds, 1e-9)}};
         if (device_.is_cuda()) record["peak_memory_mib"] = max_memory_allocated(device_) >> 20;
-        logger()->info(
+        if (main) logger()->info(
             "step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.3e} | {:.1f} ms | {:.0f} tok/s",
             step, total_steps, record["loss"].get<double>(), grad_norm,
             record["learning_rate"].get<double>(), record["step_ms"].get<double>(),
@@ -444,9 +513,15 @@ TrainOutput Trainer::train() {
   TrainOutput result;
   result.global_step = pos.global_step;
   result.training_loss = pos.global_step > 0 ? pos.loss_total / pos.global_step : 0.0;
-  if (stop_requested_) return result;
-  log({{"train_loss", result.training_loss}, {"step", result.global_step}});
-  save_model();
+  if (!stop_requested_) {
+    log({{"train_loss", result.training_loss}, {"step", result.global_step}});
+    save_model();
+  }
+  if (parallel_) {
+    // Leave every rank with the whole trained model, unwrapped.
+    parallel_->gather_full_parameters();
+    parallel_.reset();
+  }
   return result;
 }
 
@@ -458,7 +533,10 @@ std::map<std::string, double> Trainer::evaluate() {
   data::DataLoader loader(
       eval_dataset_,
       data::DistributedSampler(eval_dataset_->size(),
-                               data::DistributedSamplerOptions().shuffle(false)),
+                               data::DistributedSamplerOptions()
+                                   .shuffle(false)
+                                   .num_replicas(group_ ? group_->world_size() : 1)
+                                   .rank(group_ ? group_->rank() : 0)),
       collator_, data::DataLoaderOptions().batch_size(args_.per_device_eval_batch_size));
   double loss_sum = 0;
   int64_t tokens = 0;
@@ -475,6 +553,10 @@ std::map<std::string, double> Trainer::evaluate() {
     }
   }
   if (was_training) model_->train();
+  if (group_) {
+    loss_sum = group_->all_reduce_sum(loss_sum);
+    tokens = static_cast<int64_t>(group_->all_reduce_sum(static_cast<double>(tokens)));
+  }
   TORCH_CHECK(tokens > 0, "Trainer::evaluate: the eval dataset has no target tokens");
   const double loss = loss_sum / tokens;
   std::map<std::string, double> metrics{{"eval_loss", loss}, {"perplexity", std::exp(loss)}};

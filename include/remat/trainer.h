@@ -33,6 +33,11 @@
 
 namespace remat {
 
+namespace distributed {
+class ProcessGroup;
+class DataParallel;
+}  // namespace distributed
+
 /// What Trainer::train() returns.
 struct TrainOutput {
   int64_t global_step = 0;
@@ -81,11 +86,18 @@ class Trainer {
   const TrainingArguments& args() const { return args_; }
   const torch::Device& device() const { return device_; }
 
+  /// The process group when the process was started by torchrun (WORLD_SIZE
+  /// set), else null. Training then is data parallel: DDP, or FSDP when
+  /// `fsdp` is set; rank 0 logs and saves.
+  const std::shared_ptr<distributed::ProcessGroup>& process_group() const { return group_; }
+
  private:
   struct Position;
   void log(nlohmann::json record);
   void save_model() const;
   void save_model_to(const std::string& dir) const;
+  static void save_model_files(const torch::nn::Module& model, const std::string& dir);
+  std::string optimizer_file() const;
   void save_checkpoint(const Position& position, torch::optim::Optimizer& optimizer,
                        const nlohmann::json& scheduler_state);
   Position resume(const std::string& dir, torch::optim::Optimizer& optimizer,
@@ -98,6 +110,8 @@ class Trainer {
   torch::Device device_;
   std::vector<nlohmann::json> log_history_;
   bool stop_requested_ = false;
+  std::shared_ptr<distributed::ProcessGroup> group_;
+  std::shared_ptr<distributed::DataParallel> parallel_;
 };
 
 }  // namespace remat
