@@ -196,12 +196,13 @@ Trainer::Trainer(std::shared_ptr<torch::nn::Module> model, TrainingArguments arg
               args_.eval_strategy,
               "\" needs an eval dataset; pass one or set eval_strategy \"no\"");
   if (auto env = distributed::LaunchEnv::from_env(); env.launched) {
-    group_ = distributed::ProcessGroup::create(
-        env, distributed::ProcessGroupOptions().use_cpu(args_.use_cpu).timeout_seconds(
-                 args_.ddp_timeout));
+    group_ = distributed::ProcessGroup::create(env, distributed::ProcessGroupOptions()
+                                                        .use_cpu(args_.use_cpu)
+                                                        .timeout_seconds(args_.ddp_timeout));
     device_ = group_->device();
   }
-  TORCH_CHECK(group_ || !args_.fsdp || args_.fsdp->empty(), "Trainer: fsdp \"", args_.fsdp.value_or(""),
+  TORCH_CHECK(group_ || !args_.fsdp || args_.fsdp->empty(), "Trainer: fsdp \"",
+              args_.fsdp.value_or(""),
               "\" needs a distributed launch; start the program with torchrun (see "
               "docs/distributed.md), --nproc-per-node 1 for one process");
   if (!collator_) {
@@ -368,11 +369,10 @@ TrainOutput Trainer::train() {
 
   const int64_t seed = args_.data_seed.value_or(args_.seed);
   data::DataLoader loader(train_dataset_,
-                          data::DistributedSampler(train_dataset_->size(),
-                                                   data::DistributedSamplerOptions()
-                                                       .seed(seed)
-                                                       .num_replicas(world)
-                                                       .rank(group_ ? group_->rank() : 0)),
+                          data::DistributedSampler(
+                              train_dataset_->size(),
+                              data::DistributedSamplerOptions().seed(seed).num_replicas(world).rank(
+                                  group_ ? group_->rank() : 0)),
                           collator_,
                           data::DataLoaderOptions()
                               .batch_size(args_.per_device_train_batch_size)
@@ -489,11 +489,13 @@ TrainOutput Trainer::train() {
             {"step_ms", 1000 * seconds / steps_since_log},
             {"tokens_per_s", tokens_since_log / std::max(seconds, 1e-9)}};
         if (device_.is_cuda()) record["peak_memory_mib"] = max_memory_allocated(device_) >> 20;
-        if (main) logger()->info(
-            "step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.3e} | {:.1f} ms | {:.0f} tok/s",
-            step, total_steps, record["loss"].get<double>(), grad_norm,
-            record["learning_rate"].get<double>(), record["step_ms"].get<double>(),
-            record["tokens_per_s"].get<double>());
+        if (main) {
+          logger()->info(
+              "step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.3e} | {:.1f} ms | {:.0f} tok/s",
+              step, total_steps, record["loss"].get<double>(), grad_norm,
+              record["learning_rate"].get<double>(), record["step_ms"].get<double>(),
+              record["tokens_per_s"].get<double>());
+        }
         log(record);
         loss_since_log = 0;
         steps_since_log = 0;

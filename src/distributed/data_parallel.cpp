@@ -35,7 +35,8 @@ void set_gradient_hook(const torch::Tensor& param, std::function<void()> fn) {
   TORCH_CHECK(existing == nullptr,
               "remat::distributed: a parameter already has a post-accumulate-grad hook; a model "
               "can be wrapped for data parallelism only once");
-  torch::autograd::impl::set_post_acc_grad_hooks(param, std::make_unique<GradientHook>(std::move(fn)));
+  torch::autograd::impl::set_post_acc_grad_hooks(param,
+                                                 std::make_unique<GradientHook>(std::move(fn)));
 }
 
 void clear_gradient_hook(const torch::Tensor& param) {
@@ -192,7 +193,8 @@ void DistributedDataParallel::launch(size_t index) {
   std::vector<torch::Tensor> flats;
   for (size_t k : bucket.params) {
     const auto& p = params_[k];
-    flats.push_back(p.grad().defined() ? p.grad().reshape({-1}) : torch::zeros({p.numel()}, p.options()));
+    flats.push_back(p.grad().defined() ? p.grad().reshape({-1})
+                                       : torch::zeros({p.numel()}, p.options()));
   }
   bucket.flat = torch::cat(flats);
   bucket.work = group_->all_reduce(bucket.flat);
@@ -277,11 +279,11 @@ FullyShardedDataParallelOptions FullyShardedDataParallelOptions::from_hf(
         options.sharding_strategy(s);
       } else {
         options.sharding_strategy(flag("reshard_after_forward", true) ? "full_shard"
-                                                                       : "shard_grad_op");
+                                                                      : "shard_grad_op");
       }
     } else {
       options.sharding_strategy(flag("reshard_after_forward", true) ? "full_shard"
-                                                                     : "shard_grad_op");
+                                                                    : "shard_grad_op");
     }
   }
   if (fsdp_config.contains("cpu_offload") && flag("cpu_offload", false)) {
@@ -299,10 +301,10 @@ struct FullyShardedDataParallel::Unit {
   struct Group {
     std::vector<torch::Tensor> params;
     std::vector<int64_t> offsets;
-    int64_t numel = 0;   // unpadded
-    int64_t shard = 0;   // per-rank elements
-    int64_t base = 0;    // segment offset in `full`
-    int64_t slot = 0;    // offset in a rank's slot of the gathered buffer
+    int64_t numel = 0;  // unpadded
+    int64_t shard = 0;  // per-rank elements
+    int64_t base = 0;   // segment offset in `full`
+    int64_t slot = 0;   // offset in a rank's slot of the gathered buffer
     bool decay = true;
     torch::Tensor local;  // the shard, a leaf requiring grad
   };
@@ -513,8 +515,8 @@ std::vector<torch::Tensor> FullyShardedDataParallel::run(Unit& unit, RegionFn fn
       gather(unit);
       return fn(in);
     };
-    outputs = detail::checkpoint_region(std::move(region), inputs, params,
-                                        options_.checkpoint_options());
+    outputs =
+        detail::checkpoint_region(std::move(region), inputs, params, options_.checkpoint_options());
     if (reshard) free(unit);
     return outputs;
   }

@@ -51,16 +51,16 @@ LaunchEnv LaunchEnv::from_env() {
   };
   if (env.world_size < 1) fail("WORLD_SIZE=" + std::to_string(env.world_size) + " must be >= 1");
   if (env.rank < 0 || env.rank >= env.world_size) {
-    fail("RANK=" + std::to_string(env.rank) + " must be in [0, WORLD_SIZE=" +
-         std::to_string(env.world_size) + ")");
+    fail("RANK=" + std::to_string(env.rank) +
+         " must be in [0, WORLD_SIZE=" + std::to_string(env.world_size) + ")");
   }
   if (env.local_world_size < 1 || env.local_world_size > env.world_size) {
     fail("LOCAL_WORLD_SIZE=" + std::to_string(env.local_world_size) + " must be in [1, " +
          std::to_string(env.world_size) + "]");
   }
   if (env.local_rank < 0 || env.local_rank >= env.local_world_size) {
-    fail("LOCAL_RANK=" + std::to_string(env.local_rank) + " must be in [0, LOCAL_WORLD_SIZE=" +
-         std::to_string(env.local_world_size) + ")");
+    fail("LOCAL_RANK=" + std::to_string(env.local_rank) +
+         " must be in [0, LOCAL_WORLD_SIZE=" + std::to_string(env.local_world_size) + ")");
   }
   if (env.master_port < 1 || env.master_port > 65535) {
     fail("MASTER_PORT=" + std::to_string(env.master_port) + " must be in [1, 65535]");
@@ -70,7 +70,10 @@ LaunchEnv LaunchEnv::from_env() {
 
 Work::Work(c10::intrusive_ptr<c10d::Work> work, std::string what, int64_t rank,
            int64_t timeout_seconds)
-    : work_(std::move(work)), what_(std::move(what)), rank_(rank), timeout_seconds_(timeout_seconds) {}
+    : work_(std::move(work)),
+      what_(std::move(what)),
+      rank_(rank),
+      timeout_seconds_(timeout_seconds) {}
 
 void Work::wait() {
   if (!work_.defined()) return;
@@ -138,11 +141,11 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const LaunchEnv& env,
   try {
     state->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
   } catch (const std::exception& e) {
-    throw std::runtime_error("remat::distributed: rank " + std::to_string(env.rank) +
-                             " could not reach the other " + std::to_string(env.world_size - 1) +
-                             " ranks at " + env.master_addr + ":" +
-                             std::to_string(env.master_port) + " within ddp_timeout = " +
-                             std::to_string(options.timeout_seconds()) + " s: " + e.what());
+    throw std::runtime_error(
+        "remat::distributed: rank " + std::to_string(env.rank) + " could not reach the other " +
+        std::to_string(env.world_size - 1) + " ranks at " + env.master_addr + ":" +
+        std::to_string(env.master_port) +
+        " within ddp_timeout = " + std::to_string(options.timeout_seconds()) + " s: " + e.what());
   }
   if (group->backend_ == "gloo") {
     auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
@@ -160,8 +163,7 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const LaunchEnv& env,
     state->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
         state->store, static_cast<int>(env.rank), static_cast<int>(env.world_size), gloo);
   } else {
-    state->backend =
-        detail::create_nccl_backend(state->store, env.rank, env.world_size, timeout);
+    state->backend = detail::create_nccl_backend(state->store, env.rank, env.world_size, timeout);
   }
   group->state_ = std::move(state);
   logger()->info("remat::distributed: rank {} of {} on {} ({})", env.rank, env.world_size,
@@ -176,7 +178,8 @@ Work ProcessGroup::track(Collective kind, c10::intrusive_ptr<c10d::Work> work, c
 
 namespace {
 void check_live(const void* state, const char* what) {
-  TORCH_CHECK(state != nullptr, "remat::distributed: ", what, " on a process group that was shut down");
+  TORCH_CHECK(state != nullptr, "remat::distributed: ", what,
+              " on a process group that was shut down");
 }
 }  // namespace
 
@@ -189,8 +192,8 @@ Work ProcessGroup::all_reduce(torch::Tensor tensor) {
 Work ProcessGroup::all_gather(torch::Tensor output, torch::Tensor input) {
   check_live(state_.get(), "all_gather");
   TORCH_CHECK(output.numel() == input.numel() * world_size(), "remat::distributed: all_gather of ",
-              input.numel(), " elements per rank needs an output of ",
-              input.numel() * world_size(), ", got ", output.numel());
+              input.numel(), " elements per rank needs an output of ", input.numel() * world_size(),
+              ", got ", output.numel());
   std::vector<at::Tensor> outputs{std::move(output)}, inputs{std::move(input)};
   return track(Collective::kAllGather,
                state_->backend->allgather_into_tensor_coalesced(outputs, inputs), "all_gather");
@@ -204,8 +207,7 @@ Work ProcessGroup::reduce_scatter(torch::Tensor output, torch::Tensor input) {
               input.numel());
   std::vector<at::Tensor> outputs{std::move(output)}, inputs{std::move(input)};
   return track(Collective::kReduceScatter,
-               state_->backend->reduce_scatter_tensor_coalesced(outputs, inputs),
-               "reduce_scatter");
+               state_->backend->reduce_scatter_tensor_coalesced(outputs, inputs), "reduce_scatter");
 }
 
 void ProcessGroup::broadcast(torch::Tensor tensor, int64_t root) {

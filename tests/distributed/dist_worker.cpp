@@ -34,7 +34,7 @@ using remat::distributed::Collective;
 
 std::shared_ptr<remat::models::CausalLMImpl> tiny_gpt2(uint64_t seed) {
   torch::manual_seed(seed);
-  nlohmann::json config = {{"model_type", "gpt2"}, {"vocab_size", 48}, {"n_positions", 32},
+  nlohmann::json config = {{"model_type", "gpt2"}, {"vocab_size", 48},  {"n_positions", 32},
                            {"n_embd", 32},         {"n_layer", 3},      {"n_head", 4},
                            {"resid_pdrop", 0.0},   {"embd_pdrop", 0.0}, {"attn_pdrop", 0.0},
                            {"pad_token_id", 0}};
@@ -91,8 +91,9 @@ int train(const std::string& out, std::map<std::string, std::string> flags) {
     } else {
       parallel = std::make_unique<remat::distributed::FullyShardedDataParallel>(
           model, group,
-          remat::distributed::FullyShardedDataParallelOptions().sharding_strategy(dp).activation_checkpointing(
-              flag("fsdp_ac", "0") == "1"));
+          remat::distributed::FullyShardedDataParallelOptions()
+              .sharding_strategy(dp)
+              .activation_checkpointing(flag("fsdp_ac", "0") == "1"));
     }
   }
   const int64_t world = env.world_size, rank = env.rank;
@@ -174,7 +175,9 @@ int bench(const std::string& out, std::map<std::string, std::string> flags) {
   auto flag = [&](const std::string& k, const std::string& fallback) {
     return flags.count(k) ? flags[k] : fallback;
   };
-  auto num = [&](const std::string& k, const char* fallback) { return std::stoll(flag(k, fallback)); };
+  auto num = [&](const std::string& k, const char* fallback) {
+    return std::stoll(flag(k, fallback));
+  };
   const std::string dp = flag("dp", "ddp");
   const bool checkpointing = flag("checkpointing", "0") == "1";
   const bool bf16 = flag("bf16", "1") == "1";
@@ -254,8 +257,8 @@ int bench(const std::string& out, std::map<std::string, std::string> flags) {
       {"step_ms", 1000 * seconds / steps},
       {"tokens_per_s", static_cast<double>(batch * seq * world * steps) / seconds},
       {"peak_mib", device.is_cuda() ? remat::max_memory_allocated(device) >> 20 : 0}};
-  write_json(out + "/bench-" + dp + (checkpointing ? "-ckpt" : "") + "-w" +
-                 std::to_string(world) + "-rank" + std::to_string(env.rank) + ".json",
+  write_json(out + "/bench-" + dp + (checkpointing ? "-ckpt" : "") + "-w" + std::to_string(world) +
+                 "-rank" + std::to_string(env.rank) + ".json",
              result);
   std::cout << result.dump() << std::endl;
   group->shutdown();
@@ -268,7 +271,8 @@ struct PatternDataset : remat::data::Dataset {
   int64_t size() const override { return 24; }
   remat::data::Example get(int64_t index) const override {
     remat::data::Example e;
-    for (int64_t t = 0; t < 10; ++t) e.input_ids.push_back(3 + (index * 7 + (1 + index % 3) * t) % 40);
+    for (int64_t t = 0; t < 10; ++t)
+      e.input_ids.push_back(3 + (index * 7 + (1 + index % 3) * t) % 40);
     e.labels = e.input_ids;
     return e;
   }
@@ -286,8 +290,7 @@ int trainer(int argc, char** argv) {
   // argv[3..]: TrainingArguments flags.
   std::vector<char*> args{argv[0]};
   for (int i = 3; i < argc; ++i) args.push_back(argv[i]);
-  auto training_args =
-      remat::TrainingArguments::parse(static_cast<int>(args.size()), args.data());
+  auto training_args = remat::TrainingArguments::parse(static_cast<int>(args.size()), args.data());
   StoppingTrainer t(tiny_gpt2(0), training_args, std::make_shared<PatternDataset>());
   if (const char* stop = std::getenv("REMAT_TEST_STOP_AT")) t.stop_at = std::stoll(stop);
   t.train();

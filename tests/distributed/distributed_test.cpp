@@ -17,9 +17,10 @@
 #include <thread>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
+#include "remat/distributed/data_parallel.h"
 #include "remat/distributed/process_group.h"
 #include "remat/io/safetensors.h"
 
@@ -46,7 +47,7 @@ std::string scratch(const std::string& name) {
 }
 
 struct Exit {
-  int code = -1;       // exit status, or -1 when killed by a signal or still running
+  int code = -1;  // exit status, or -1 when killed by a signal or still running
   bool timed_out = false;
 };
 
@@ -54,8 +55,7 @@ struct Exit {
 // `limit` for all of them; those still running then are killed.
 std::vector<Exit> launch(int world, const std::vector<std::string>& argv,
                          std::chrono::seconds limit = std::chrono::seconds(120),
-                         const std::string& stop_at = "", bool plain = false,
-                         int wait_for = -1) {
+                         const std::string& stop_at = "", bool plain = false, int wait_for = -1) {
   const int port = free_port();
   std::vector<pid_t> pids;
   for (int rank = 0; rank < world; ++rank) {
@@ -154,8 +154,8 @@ void expect_close(const std::vector<torch::Tensor>& a, const std::vector<torch::
 // Single-process training on the concatenated batch, the reference.
 std::string reference(const std::string& name, bool checkpointing) {
   auto dir = scratch(name);
-  expect_success(launch(1, worker("train", dir, {"--dp", "none", "--checkpointing",
-                                                 checkpointing ? "1" : "0"})));
+  expect_success(launch(
+      1, worker("train", dir, {"--dp", "none", "--checkpointing", checkpointing ? "1" : "0"})));
   return dir;
 }
 
@@ -236,18 +236,35 @@ TEST(FailureTest, AKilledRankMakesTheOthersFailWithinTheTimeout) {
 
 TEST(FailureTest, AStuckRankMakesTheOthersFailAfterTheTimeout) {
   auto dir = scratch("stuck");
-  auto exits = launch(2, worker("train", dir, {"--steps", "3", "--stall_at", "1", "--timeout", "3"}),
-                      std::chrono::seconds(60), "", false, /*wait_for=*/1);
+  auto exits =
+      launch(2, worker("train", dir, {"--steps", "3", "--stall_at", "1", "--timeout", "3"}),
+             std::chrono::seconds(60), "", false, /*wait_for=*/1);
   EXPECT_FALSE(exits[0].timed_out) << "rank 0 hung past the limit";
   EXPECT_EQ(exits[0].code, 1);
 }
 
-std::vector<std::string> trainer_flags(const std::string& out, std::vector<std::string> extra = {}) {
-  std::vector<std::string> flags{"--output_dir", out,        "--use_cpu",  "true",
-                                 "--max_steps",  "4",        "--learning_rate", "0.01",
-                                 "--per_device_train_batch_size", "2", "--save_strategy", "steps",
-                                 "--save_steps", "2",        "--logging_steps", "1",
-                                 "--report_to",  "jsonl",    "--ddp_timeout", "30"};
+std::vector<std::string> trainer_flags(const std::string& out,
+                                       std::vector<std::string> extra = {}) {
+  std::vector<std::string> flags{"--output_dir",
+                                 out,
+                                 "--use_cpu",
+                                 "true",
+                                 "--max_steps",
+                                 "4",
+                                 "--learning_rate",
+                                 "0.01",
+                                 "--per_device_train_batch_size",
+                                 "2",
+                                 "--save_strategy",
+                                 "steps",
+                                 "--save_steps",
+                                 "2",
+                                 "--logging_steps",
+                                 "1",
+                                 "--report_to",
+                                 "jsonl",
+                                 "--ddp_timeout",
+                                 "30"};
   flags.insert(flags.end(), extra.begin(), extra.end());
   return flags;
 }
@@ -289,13 +306,12 @@ TEST_P(TrainerResumeTest, ResumingATwoRankRunEqualsTheUninterruptedRun) {
   expect_success(launch(2, trainer_run(resumed, fsdp, {"--resume_from_checkpoint", "latest"})));
   expect_same_weights(straight, resumed);
 
-  auto exits = launch(3, trainer_run(resumed, fsdp,
-                                     {"--resume_from_checkpoint", resumed + "/checkpoint-2"}));
+  auto exits = launch(
+      3, trainer_run(resumed, fsdp, {"--resume_from_checkpoint", resumed + "/checkpoint-2"}));
   for (const auto& e : exits) EXPECT_EQ(e.code, 1);
 }
 
-INSTANTIATE_TEST_SUITE_P(Sharding, TrainerResumeTest,
-                         ::testing::Values("", "full_shard"),
+INSTANTIATE_TEST_SUITE_P(Sharding, TrainerResumeTest, ::testing::Values("", "full_shard"),
                          [](const auto& info) { return info.param.empty() ? "ddp" : "fsdp"; });
 
 // Two Trainer ranks equal one process with the per-rank batch times two.
@@ -325,10 +341,17 @@ TEST(TorchrunTest, LaunchesTheRanks) {
   const std::string torchrun = REMAT_TORCHRUN;
   if (::access(torchrun.c_str(), X_OK) != 0) GTEST_SKIP() << "no torchrun at " << torchrun;
   auto dir = scratch("torchrun");
-  std::vector<std::string> argv{torchrun, "--no-python", "--nproc-per-node", "2",
-                                "--master-addr", "127.0.0.1",
-                                "--master-port", std::to_string(free_port()), REMAT_DIST_WORKER,
-                                "trainer", dir};
+  std::vector<std::string> argv{torchrun,
+                                "--no-python",
+                                "--nproc-per-node",
+                                "2",
+                                "--master-addr",
+                                "127.0.0.1",
+                                "--master-port",
+                                std::to_string(free_port()),
+                                REMAT_DIST_WORKER,
+                                "trainer",
+                                dir};
   for (const auto& f : trainer_flags(dir, {"--max_steps", "2"})) argv.push_back(f);
   auto exits = launch(1, argv, std::chrono::seconds(120), "", /*plain=*/true);
   expect_success(exits);
@@ -348,11 +371,11 @@ TEST(DistributedCudaTest, NcclTrainsDdpAndFsdp) {
   for (int world : worlds) {
     for (const std::string dp : {"ddp", "full_shard"}) {
       auto dir = scratch("nccl_" + dp);
-      expect_success(launch(world, worker("bench", dir,
-                                          {"--dp", dp, "--checkpointing", "1", "--layers", "2",
-                                           "--dim", "64", "--heads", "4", "--vocab", "128",
-                                           "--batch", "2", "--seq", "32", "--steps", "3",
-                                           "--warmup", "1"})));
+      expect_success(launch(
+          world, worker("bench", dir,
+                        {"--dp",    dp,  "--checkpointing", "1",   "--layers", "2", "--dim", "64",
+                         "--heads", "4", "--vocab",         "128", "--batch",  "2", "--seq", "32",
+                         "--steps", "3", "--warmup",        "1"})));
       std::ifstream in(dir + "/bench-" + dp + "-ckpt-w" + std::to_string(world) + "-rank0.json");
       ASSERT_TRUE(in.good()) << dp << " world " << world;
       auto result = nlohmann::json::parse(in);
@@ -361,6 +384,25 @@ TEST(DistributedCudaTest, NcclTrainsDdpAndFsdp) {
       EXPECT_GT(result["peak_mib"].get<int64_t>(), 0);
     }
   }
+}
+
+TEST(FsdpOptionsTest, ReadsHuggingFaceNames) {
+  using remat::distributed::FullyShardedDataParallelOptions;
+  auto o = FullyShardedDataParallelOptions::from_hf(
+      "full_shard auto_wrap",
+      {{"activation_checkpointing", "true"}, {"sync_module_states", false}});
+  EXPECT_EQ(o.sharding_strategy(), "full_shard");
+  EXPECT_TRUE(o.activation_checkpointing());
+  EXPECT_FALSE(o.sync_module_states());
+  o = FullyShardedDataParallelOptions::from_hf("full_shard", {{"reshard_after_forward", false}});
+  EXPECT_EQ(o.sharding_strategy(), "shard_grad_op");
+  EXPECT_EQ(FullyShardedDataParallelOptions::from_hf("shard_grad_op", {}).sharding_strategy(),
+            "shard_grad_op");
+  EXPECT_THROW(FullyShardedDataParallelOptions::from_hf("hybrid_shard", {}), std::invalid_argument);
+  EXPECT_THROW(FullyShardedDataParallelOptions::from_hf("full_shard offload", {}),
+               std::invalid_argument);
+  EXPECT_THROW(FullyShardedDataParallelOptions::from_hf("full_shard", {{"cpu_offload", true}}),
+               std::invalid_argument);
 }
 
 TEST(LaunchEnvTest, RejectsInconsistentVariables) {

@@ -7,7 +7,8 @@
 /// optimizer state are sharded per decoder layer; checkpointing happens
 /// inside each sharded unit).
 /// \code
-///   auto group = remat::distributed::ProcessGroup::create(remat::distributed::LaunchEnv::from_env());
+///   auto group =
+///   remat::distributed::ProcessGroup::create(remat::distributed::LaunchEnv::from_env());
 ///   remat::distributed::DistributedDataParallel ddp(model, group);
 ///   torch::optim::AdamW optimizer(ddp.parameter_groups(torch::optim::AdamWOptions(1e-3)));
 ///   for (...) {

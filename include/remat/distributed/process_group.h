@@ -12,8 +12,8 @@
 ///   group->all_reduce(t).wait();  // sums t over all ranks, in place
 /// \endcode
 
-#include <torch/csrc/distributed/c10d/Work.hpp>
 #include <torch/torch.h>
+#include <torch/csrc/distributed/c10d/Work.hpp>
 
 #include <array>
 #include <cstdint>
@@ -72,7 +72,8 @@ enum class Collective { kAllReduce, kAllGather, kReduceScatter, kBroadcast, kBar
 class Work {
  public:
   Work() = default;
-  Work(c10::intrusive_ptr<c10d::Work> work, std::string what, int64_t rank, int64_t timeout_seconds);
+  Work(c10::intrusive_ptr<c10d::Work> work, std::string what, int64_t rank,
+       int64_t timeout_seconds);
   /// Waits for completion; throws std::runtime_error on failure. A default
   /// constructed (or already waited) Work returns at once.
   void wait();

@@ -69,8 +69,8 @@ struct CheckpointingPlan;
 /// installs one per unit to gather the unit's parameters around the call and
 /// to apply checkpointing inside the unit.
 using BlockRunner = std::function<std::vector<torch::Tensor>(
-    RegionFn fn, const std::vector<torch::Tensor>& inputs,
-    const std::vector<torch::Tensor>& params, bool checkpoint)>;
+    RegionFn fn, const std::vector<torch::Tensor>& inputs, const std::vector<torch::Tensor>& params,
+    bool checkpoint)>;
 
 /// Base class for a block that gradient checkpointing can mark. It adds no
 /// parameters and no behaviour until gradient_checkpointing_enable() marks it.
