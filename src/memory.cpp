@@ -3,6 +3,8 @@
 #include <c10/core/CachingDeviceAllocator.h>
 #include <malloc.h>
 
+#include <algorithm>
+
 #include <unordered_set>
 
 namespace remat {
@@ -40,6 +42,28 @@ void reset_peak_memory_stats(const torch::Device& device) {
   auto index = device.has_index() ? device.index() : c10::DeviceIndex(0);
   c10::getDeviceAllocator(c10::kCUDA)->resetPeakStats(index);
 }
+
+class CpuMemoryScope::Tracker : public c10::MemoryReportingInfoBase {
+ public:
+  void reportMemoryUsage(void*, int64_t alloc_size, size_t, size_t, c10::Device device) override {
+    if (!device.is_cpu()) return;
+    current_ += alloc_size;
+    peak_ = std::max(peak_, current_);
+  }
+  bool memoryProfilingEnabled() const override { return true; }
+
+  int64_t current_ = 0, peak_ = 0;
+};
+
+CpuMemoryScope::CpuMemoryScope()
+    : tracker_(std::make_shared<Tracker>()),
+      guard_(std::make_unique<c10::DebugInfoGuard>(c10::DebugInfoKind::PROFILER_STATE, tracker_)) {}
+
+CpuMemoryScope::~CpuMemoryScope() = default;
+
+int64_t CpuMemoryScope::current() const { return tracker_->current_; }
+int64_t CpuMemoryScope::peak() const { return tracker_->peak_; }
+void CpuMemoryScope::reset_peak() { tracker_->peak_ = tracker_->current_; }
 
 int64_t tensor_bytes(const std::vector<torch::Tensor>& tensors) {
   std::unordered_set<const void*> seen;

@@ -497,6 +497,7 @@ std::vector<detail::FieldSpec> make_field_specs() {
   const char* seeds = "Reproducibility";
   const char* hardware = "Hardware and data loading";
   const char* distributed = "Distributed";
+  const char* extensions = "remat extensions (not in transformers)";
   const std::vector<detail::Choice> hf_schedulers = {
       {"cosine_with_restarts", "a transformers scheduler remat does not implement"},
       {"reduce_lr_on_plateau", "a transformers scheduler remat does not implement"},
@@ -652,6 +653,10 @@ std::vector<detail::FieldSpec> make_field_specs() {
           "FSDP settings with Hugging Face's keys: a JSON object, or the path "
           "of a JSON file.",
           {"keys " + join(names_of(detail::fsdp_config_keys())), detail::check_fsdp_config}),
+
+      field<BoolCodec>(extensions, "skip_nonfinite_steps", &A::skip_nonfinite_steps,
+                       "On a non-finite loss or gradient norm, skip that optimizer step (no "
+                       "update, counted in skipped_steps) instead of stopping with an error."),
   };
 }
 

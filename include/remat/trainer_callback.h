@@ -54,10 +54,25 @@ struct TrainerState {
   std::optional<std::string> best_model_checkpoint;
   bool is_local_process_zero = true;
   bool is_world_process_zero = true;
+  /// transformers' hyper-parameter search fields; remat keeps them only so
+  /// the file has transformers' keys (always false / null).
+  bool is_hyper_param_search = false;
+  std::optional<std::string> trial_name;
+  nlohmann::json trial_params = nullptr;
+  /// The state of callbacks that save one, by class name; the Trainer
+  /// stores its TrainerControl here as transformers does.
+  nlohmann::json stateful_callbacks = nlohmann::json::object();
 
-  /// The JSON transformers writes (sorted keys, indent 2 when dumped).
+  /// The JSON transformers writes (sorted keys, indent 2 when dumped): the
+  /// 20 keys of transformers 5.24's TrainerState, `train_batch_size` null
+  /// while 0. transformers.TrainerState.load_from_json reads it.
   nlohmann::json to_json() const;
+  /// Reads what to_json() or transformers wrote; missing keys keep their
+  /// defaults, unknown keys are errors.
   static TrainerState from_json(const nlohmann::json& json);
+  /// to_json() as transformers' save_to_json writes it: indent 2, sorted
+  /// keys, a final newline.
+  std::string to_json_string() const;
 };
 
 /// What callbacks ask the Trainer to do next; reset by the Trainer after it
@@ -68,6 +83,11 @@ struct TrainerControl {
   bool should_save = false;
   bool should_evaluate = false;
   bool should_log = false;
+
+  /// transformers' ExportableState form, kept in
+  /// trainer_state.json's stateful_callbacks["TrainerControl"]:
+  /// {"args": {the five flags}, "attributes": {}}.
+  nlohmann::json state() const;
 };
 
 /// Base class of all callbacks; every hook does nothing by default.
@@ -96,6 +116,23 @@ class TrainerCallback {
   /// summary), as appended to state.log_history.
   virtual void on_log(const TrainingArguments&, TrainerState&, TrainerControl&,
                       const nlohmann::json& /*logs*/) {}
+};
+
+/// What decides when the Trainer logs, evaluates, saves and stops, as
+/// transformers' DefaultFlowCallback: after each optimizer step it sets
+/// control.should_log every logging_steps (and after step 1 with
+/// logging_first_step), should_evaluate every eval_steps and should_save every
+/// save_steps ("steps" strategies), and should_training_stop at max_steps,
+/// with a last evaluation and save there for the "steps" strategies; at each
+/// epoch end it sets them for the "epoch" strategies. The Trainer registers
+/// one before any other callback; callbacks after it may change its
+/// decisions.
+class DefaultFlowCallback : public TrainerCallback {
+ public:
+  void on_step_end(const TrainingArguments& args, TrainerState& state,
+                   TrainerControl& control) override;
+  void on_epoch_end(const TrainingArguments& args, TrainerState& state,
+                    TrainerControl& control) override;
 };
 
 }  // namespace remat

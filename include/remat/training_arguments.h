@@ -114,7 +114,8 @@ struct TrainingArgumentsField {
 /// behind the user's back (Hugging Face sets do_eval when eval_strategy is not
 /// "no"); fields remat does not implement are absent, and those transformers 5
 /// removed (warmup_ratio, logging_dir, overwrite_output_dir) are errors that
-/// say what replaced them.
+/// say what replaced them. Fields of remat's own are listed last, under
+/// "remat extensions (not in transformers)".
 ///
 /// Example:
 /// \code
@@ -265,6 +266,13 @@ struct TrainingArguments {
   /// cpu_offload, activation_checkpointing, ...): a JSON object, or the path
   /// of a JSON file as a JSON string.
   nlohmann::json fsdp_config = nlohmann::json::object();
+
+  // --- remat extensions (not in transformers) ---
+
+  /// On a non-finite loss or gradient norm, skip that optimizer step (no
+  /// update; counted, logged and reported as train_skipped_steps) instead of
+  /// stopping with an error naming the step.
+  bool skip_nonfinite_steps = false;
 
   /// Checks every field and the combinations of fields; throws
   /// TrainingArgumentsError naming the field, the value and what is valid.

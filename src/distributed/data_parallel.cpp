@@ -87,20 +87,28 @@ void allocate_storage(const torch::Tensor& t, size_t nbytes) {
   storage->set_nbytes(nbytes);
 }
 
-double total_norm_squared(const std::vector<torch::Tensor>& tensors) {
-  double sum = 0;
+// The sum of the squared gradients of `tensors`, in float64 on `device`
+// (no host synchronization).
+torch::Tensor total_norm_squared(const std::vector<torch::Tensor>& tensors,
+                                 const torch::Device& device) {
+  auto sum = torch::zeros({}, torch::dtype(torch::kDouble).device(device));
   for (const auto& t : tensors) {
-    if (t.grad().defined()) sum += t.grad().to(torch::kDouble).pow(2).sum().item<double>();
+    if (t.grad().defined()) sum += t.grad().to(torch::kDouble).pow(2).sum();
   }
   return sum;
 }
 
-void scale_gradients(const std::vector<torch::Tensor>& tensors, double norm, double max_norm) {
-  if (!(norm > max_norm) || !std::isfinite(norm)) return;
-  const double coef = max_norm / (norm + 1e-6);
+// Scales the gradients by max_norm / (norm + 1e-6), clamped at 1, as
+// torch.nn.utils.clip_grad_norm_ does; a non-finite norm leaves them alone
+// (the step fails or is skipped). Device tensors throughout.
+void scale_gradients(const std::vector<torch::Tensor>& tensors, const torch::Tensor& norm,
+                     double max_norm) {
+  if (!std::isfinite(max_norm)) return;
   torch::NoGradGuard no_grad;
+  auto coef = torch::clamp(max_norm / (norm + 1e-6), std::nullopt, 1.0);
+  coef = torch::where(norm.isfinite(), coef, torch::ones_like(coef));
   for (const auto& t : tensors) {
-    if (t.grad().defined()) t.grad().mul_(coef);
+    if (t.grad().defined()) t.grad().mul_(coef.to(t.grad().scalar_type()));
   }
 }
 
@@ -229,9 +237,9 @@ void DistributedDataParallel::finish_gradient_sync() {
   next_bucket_ = 0;
 }
 
-double DistributedDataParallel::clip_grad_norm(double max_norm) {
+torch::Tensor DistributedDataParallel::clip_grad_norm_tensor(double max_norm) {
   // The gradients are the same on every rank after the all-reduce.
-  const double norm = std::sqrt(total_norm_squared(params_));
+  auto norm = total_norm_squared(params_, group_->device()).sqrt();
   scale_gradients(params_, norm, max_norm);
   return norm;
 }
@@ -590,9 +598,11 @@ void FullyShardedDataParallel::finish_gradient_sync() {
   }
 }
 
-double FullyShardedDataParallel::clip_grad_norm(double max_norm) {
+torch::Tensor FullyShardedDataParallel::clip_grad_norm_tensor(double max_norm) {
   const auto locals = parameters();
-  const double norm = std::sqrt(group_->all_reduce_sum(total_norm_squared(locals)));
+  auto squared = total_norm_squared(locals, group_->device());
+  group_->all_reduce(squared).wait();
+  auto norm = squared.sqrt();
   scale_gradients(locals, norm, max_norm);
   return norm;
 }

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <string>
 
@@ -278,12 +279,44 @@ struct PatternDataset : remat::data::Dataset {
   }
 };
 
-struct StoppingTrainer : remat::Trainer {
-  using remat::Trainer::Trainer;
-  void on_step_end(int64_t step) override {
-    if (step == stop_at) request_stop();
+// Stops the run at a step, on every rank through request_stop()
+// (REMAT_TEST_STOP_AT) or on rank 1 alone through SIGTERM
+// (REMAT_TEST_SIGTERM_AT); both come before the step's gradients are reduced,
+// so the run stops after that step.
+struct Stopper : remat::TrainerCallback {
+  remat::Trainer* trainer = nullptr;
+  int64_t stop_at = -1, sigterm_at = -1, rank = 0;
+  void on_step_begin(const remat::TrainingArguments&, remat::TrainerState& state,
+                     remat::TrainerControl&) override {
+    const int64_t step = state.global_step + 1;
+    if (step == stop_at) trainer->request_stop();
+    if (step == sigterm_at && rank == 1) ::raise(SIGTERM);
   }
-  int64_t stop_at = -1;
+};
+
+// Multiplies the gradient flowing back by +inf; the forward value is
+// unchanged: an fp16 overflow.
+struct InfGradient : torch::autograd::Function<InfGradient> {
+  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& x) {
+    return x.clone();
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list grads) {
+    return {grads[0] * std::numeric_limits<float>::infinity()};
+  }
+};
+
+// Overflows the gradients of rank 1 alone at step REMAT_TEST_INF_GRAD_AT.
+struct OverflowingTrainer : remat::Trainer {
+  using remat::Trainer::Trainer;
+  torch::Tensor compute_loss(torch::nn::Module& model, const remat::data::Batch& batch,
+                             int64_t items) override {
+    auto loss = remat::Trainer::compute_loss(model, batch, items);
+    const bool fault = process_group() && process_group()->rank() == 1 &&
+                       state().global_step + 1 == inf_grad_at && model.is_training();
+    return fault ? InfGradient::apply(loss) : loss;
+  }
+  int64_t inf_grad_at = -1;
 };
 
 int trainer(int argc, char** argv) {
@@ -291,9 +324,31 @@ int trainer(int argc, char** argv) {
   std::vector<char*> args{argv[0]};
   for (int i = 3; i < argc; ++i) args.push_back(argv[i]);
   auto training_args = remat::TrainingArguments::parse(static_cast<int>(args.size()), args.data());
-  StoppingTrainer t(tiny_gpt2(0), training_args, std::make_shared<PatternDataset>());
-  if (const char* stop = std::getenv("REMAT_TEST_STOP_AT")) t.stop_at = std::stoll(stop);
-  t.train();
+  auto stopper = std::make_shared<Stopper>();
+  auto t_model = tiny_gpt2(0);
+  OverflowingTrainer t(t_model, training_args, std::make_shared<PatternDataset>(), nullptr, nullptr,
+                       {stopper});
+  if (const char* at = std::getenv("REMAT_TEST_INF_GRAD_AT")) t.inf_grad_at = std::stoll(at);
+  stopper->trainer = &t;
+  if (const char* stop = std::getenv("REMAT_TEST_STOP_AT")) stopper->stop_at = std::stoll(stop);
+  if (const char* at = std::getenv("REMAT_TEST_SIGTERM_AT")) stopper->sigterm_at = std::stoll(at);
+  const int64_t rank = t.process_group() ? t.process_group()->rank() : 0;
+  stopper->rank = rank;
+  auto result = t.train();
+  auto weights_sum = [](torch::nn::Module& m) {
+    double sum = 0;
+    for (const auto& p : m.parameters()) sum += p.detach().to(torch::kDouble).sum().item<double>();
+    return sum;
+  };
+  write_json(std::string(argv[2]) + "/result-" + std::to_string(rank) + ".json",
+             {{"global_step", result.global_step},
+              {"interrupted", result.interrupted},
+              {"checkpoint", result.checkpoint},
+              {"is_world_process_zero", t.state().is_world_process_zero},
+              {"skipped_steps", result.metrics.count("train_skipped_steps")
+                                    ? result.metrics.at("train_skipped_steps")
+                                    : 0.0},
+              {"weights_sum", weights_sum(*t_model)}});
   return 0;
 }
 

@@ -300,9 +300,16 @@ TEST_P(TrainerResumeTest, ResumingATwoRankRunEqualsTheUninterruptedRun) {
   expect_success(launch(2, trainer_run(straight, fsdp)));
   auto resumed = scratch("resumed" + fsdp);
   expect_success(launch(2, trainer_run(resumed, fsdp), std::chrono::seconds(120), "2"));
+  std::ifstream position(resumed + "/checkpoint-2/remat_state.json");
+  ASSERT_TRUE(position.good());
+  EXPECT_EQ(nlohmann::json::parse(position)["world_size"].get<int64_t>(), 2);
+  // trainer_state.json keeps transformers' keys only.
   std::ifstream state(resumed + "/checkpoint-2/trainer_state.json");
   ASSERT_TRUE(state.good());
-  EXPECT_EQ(nlohmann::json::parse(state)["world_size"].get<int64_t>(), 2);
+  EXPECT_FALSE(nlohmann::json::parse(state).contains("world_size"));
+  if (!fsdp.empty()) {
+    EXPECT_EQ(::access((resumed + "/checkpoint-2/optimizer.rank1.pt").c_str(), F_OK), 0);
+  }
   expect_success(launch(2, trainer_run(resumed, fsdp, {"--resume_from_checkpoint", "latest"})));
   expect_same_weights(straight, resumed);
 
@@ -334,6 +341,53 @@ TEST(TrainerDistributedTest, TwoRanksEqualOneProcessWithTheirCombinedBatch) {
   ::waitpid(pid, &status, 0);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   expect_same_weights(two, one, 2e-5);
+}
+
+nlohmann::json result(const std::string& dir, int rank) {
+  std::ifstream in(dir + "/result-" + std::to_string(rank) + ".json");
+  return nlohmann::json::parse(in);
+}
+
+// SIGTERM to rank 1 alone: the ranks agree on the stop in the step's
+// all-reduce, so both stop after the same step (neither waits in a collective
+// the other left), save that step's checkpoint and return; resuming it ends
+// where the uninterrupted run does.
+TEST(TrainerDistributedTest, ASignalOnOneRankStopsEveryRankAfterTheSameStep) {
+  auto straight = scratch("sig_straight");
+  expect_success(launch(2, trainer_run(straight, "")));
+  auto dir = scratch("sigterm");
+  ::setenv("REMAT_TEST_SIGTERM_AT", "3", 1);
+  auto exits = launch(2, trainer_run(dir, ""), std::chrono::seconds(120));
+  ::unsetenv("REMAT_TEST_SIGTERM_AT");
+  expect_success(exits);
+  for (int r : {0, 1}) {
+    auto res = result(dir, r);
+    EXPECT_TRUE(res["interrupted"].get<bool>()) << "rank " << r;
+    EXPECT_EQ(res["global_step"], 3) << "rank " << r;
+    EXPECT_EQ(res["checkpoint"], dir + "/checkpoint-3") << "rank " << r;
+    EXPECT_EQ(res["is_world_process_zero"].get<bool>(), r == 0);
+  }
+  EXPECT_NE(::access((dir + "/model.safetensors").c_str(), F_OK), 0);  // no final save
+  expect_success(launch(2, trainer_run(dir, "", {"--resume_from_checkpoint", "latest"})));
+  expect_same_weights(straight, dir);
+}
+
+// fp16 under FSDP with an overflow on rank 1 alone: the ranks agree on the
+// found inf/NaN, so both skip the same step, back off the loss scale alike
+// and end with the same (full) model.
+TEST(TrainerDistributedTest, AnFp16OverflowOnOneRankSkipsTheStepOnEveryRank) {
+  auto dir = scratch("fp16");
+  ::setenv("REMAT_TEST_INF_GRAD_AT", "2", 1);
+  auto exits = launch(2, trainer_run(dir, "full_shard", {"--fp16", "true"}));
+  ::unsetenv("REMAT_TEST_INF_GRAD_AT");
+  expect_success(exits);
+  auto r0 = result(dir, 0), r1 = result(dir, 1);
+  EXPECT_EQ(r0["skipped_steps"], 1.0);
+  EXPECT_EQ(r1["skipped_steps"], 1.0);
+  EXPECT_EQ(r0["weights_sum"], r1["weights_sum"]);
+  std::ifstream in(dir + "/checkpoint-4/scaler.json");
+  ASSERT_TRUE(in.good());
+  EXPECT_EQ(nlohmann::json::parse(in)["scale"], 32768.0);
 }
 
 // torchrun starts the ranks (--no-python: the worker is a program).

@@ -72,7 +72,12 @@ class DataParallel {
   /// Clips the gradients of parameters() to a global L2 norm of `max_norm`
   /// (infinity: no clipping); returns the norm before clipping, the same on
   /// every rank and equal to the single-process norm.
-  virtual double clip_grad_norm(double max_norm) = 0;
+  double clip_grad_norm(double max_norm) { return clip_grad_norm_tensor(max_norm).item<double>(); }
+
+  /// clip_grad_norm() with the norm left on the group's device as a float64
+  /// scalar: no host synchronization (the Trainer reads it back with the
+  /// step's other flags).
+  virtual torch::Tensor clip_grad_norm_tensor(double max_norm) = 0;
 
   /// Called after optimizer.step(): FSDP gathers the root unit again.
   virtual void after_optimizer_step() {}
@@ -124,7 +129,7 @@ class DistributedDataParallel : public DataParallel {
   std::vector<torch::Tensor> parameters() const override { return params_; }
   void set_requires_gradient_sync(bool sync) override { sync_ = sync; }
   void finish_gradient_sync() override;
-  double clip_grad_norm(double max_norm) override;
+  torch::Tensor clip_grad_norm_tensor(double max_norm) override;
 
   /// Buckets, each a list of indices into parameters() (reverse registration
   /// order, the order gradients tend to arrive in).
@@ -195,7 +200,7 @@ class FullyShardedDataParallel : public DataParallel {
       const torch::optim::AdamWOptions& options) const override;
   std::vector<torch::Tensor> parameters() const override;
   void finish_gradient_sync() override;
-  double clip_grad_norm(double max_norm) override;
+  torch::Tensor clip_grad_norm_tensor(double max_norm) override;
   void after_optimizer_step() override;
   void gather_full_parameters() override;
   void release_full_parameters(bool loaded) override;
