@@ -41,13 +41,16 @@ install_packages() {
 }
 
 # The venv: torch (whose LibTorch is built against unless the user gives
-# one), the Hugging Face packages the tests use as the reference, tensorboard
-# (reads back the event files remat writes) and matplotlib
-# (scripts/plot_metrics.py).
+# one), the Hugging Face packages the tests use as the reference (accelerate
+# for the Hugging Face Trainer benchmark anchor), tensorboard (reads back the
+# event files remat writes) and matplotlib (scripts/plot_metrics.py and the
+# benchmark plots).
 python_packages=("$torch_spec" numpy transformers==5.24.0 tokenizers==0.23.3 safetensors==0.8.0
-  tensorboard==2.21.0 matplotlib==3.11.2)
+  accelerate==1.15.0 tensorboard==2.21.0 matplotlib==3.11.2)
 ensure_venv() {
-  if "$venv/bin/python" -c 'import torch, transformers, tokenizers, safetensors, tensorboard, matplotlib' >/dev/null 2>&1; then
+  if "$venv/bin/python" -c \
+    'import torch, transformers, tokenizers, safetensors, accelerate, tensorboard, matplotlib' \
+    >/dev/null 2>&1; then
     return
   fi
   log "installing ${python_packages[*]} into $venv (torch is a CUDA build of several GB; once)"

@@ -1,5 +1,7 @@
 #include "remat/trainer.h"
 
+#include <ATen/cuda/CUDAContext.h>
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -24,18 +26,22 @@
 #include <unordered_set>
 
 #include "detail/autocast.h"
+#include "remat/callbacks.h"
 #include "remat/data/data_collator.h"
 #include "remat/data/distributed_sampler.h"
 #include "remat/distributed/data_parallel.h"
 #include "remat/distributed/process_group.h"
+#include "remat/flops.h"
 #include "remat/grad_scaler.h"
 #include "remat/io/safetensors.h"
 #include "remat/logging.h"
 #include "remat/memory.h"
+#include "remat/memory_plan.h"
 #include "remat/models/causal_lm.h"
 #include "remat/nn/checkpointable.h"
 #include "remat/optim/adamw.h"
 #include "remat/optim/lr_scheduler.h"
+#include "remat/tensorboard.h"
 
 namespace remat {
 namespace {
@@ -531,6 +537,7 @@ struct Trainer::Run {
   int64_t total_steps = 0;  // max_steps of the run
   int64_t epochs = 0;
   double flops_per_token = 0;
+  std::optional<double> peak_flops;
 
   Clock::time_point start_time;
   int64_t initial_global_step = 0;
@@ -618,6 +625,24 @@ void Trainer::set_process_flags() {
 // here too.
 void Trainer::add_default_callbacks() {
   callbacks_.push_back(std::make_shared<DefaultFlowCallback>());
+  progress_ = std::make_shared<ProgressCallback>();
+  callbacks_.push_back(progress_);
+  const auto& report = args_.report_to;
+  if (std::find(report.begin(), report.end(), "tensorboard") != report.end()) {
+    callbacks_.push_back(std::make_shared<TensorBoardCallback>());
+  }
+}
+
+bool Trainer::bar_shown() const {
+  return progress_ != nullptr && progress_->enabled(args_) && state_.is_world_process_zero;
+}
+
+void Trainer::say(const std::string& line) const {
+  if (bar_shown()) {
+    progress_->write(line);
+  } else {
+    logger()->info("{}", line);
+  }
 }
 
 void Trainer::add_callback(std::shared_ptr<TrainerCallback> callback) {
@@ -646,7 +671,7 @@ torch::Tensor Trainer::compute_loss(torch::nn::Module& model, const data::Batch&
               "Trainer: the model is not a remat causal LM; override Trainer::compute_loss");
   models::CausalLMInputs in;
   in.input_ids = batch.input_ids;
-  in.attention_mask = batch.attention_mask;
+  if (batch.has_padding) in.attention_mask = batch.attention_mask;
   in.labels = batch.labels;
   in.num_items_in_batch = std::max<int64_t>(num_items_in_batch, 1);
   return lm->forward(in).loss;
@@ -745,7 +770,7 @@ void Trainer::save_checkpoint(Run& run) {
     TORCH_CHECK(::rename(tmp.c_str(), final_dir.c_str()) == 0, "Trainer: cannot rename ", tmp,
                 " to ", final_dir, ": ", std::strerror(errno));
     fsync_path(args_.output_dir, O_RDONLY | O_DIRECTORY);
-    logger()->info("saved {}", final_dir);
+    say("saved " + final_dir);
     if (args_.save_total_limit) {
       auto checkpoints = list_checkpoints(args_.output_dir);
       const auto limit = static_cast<size_t>(*args_.save_total_limit);
@@ -990,16 +1015,27 @@ void Trainer::maybe_log_save_evaluate(Run& run) {
     const int64_t steps = std::max<int64_t>(run.steps_since_log, 1);
     record["step_ms"] = 1000 * seconds / steps;
     record["tokens_per_s"] = run.tokens_since_log / std::max(seconds, 1e-9);
+    // Model FLOPs utilization where the device's peak is known (CUDA cards
+    // such as the H100; not the CPU).
+    if (run.peak_flops) {
+      record["mfu"] = run.flops_per_token * record["tokens_per_s"].get<double>() / *run.peak_flops;
+    }
     if (device_.is_cuda()) record["peak_memory_mib"] = max_memory_allocated(device_) >> 20;
     if (run.scaler) record["loss_scale"] = run.scaler->get_scale();
     if (run.scaler || args_.skip_nonfinite_steps) record["skipped_steps"] = run.pos.skipped_steps;
-    if (is_main_process()) {
+    if (is_main_process() && !bar_shown()) {
+      std::string extra;
+      if (record.contains("mfu"))
+        extra += fmt::format(" | MFU {:.1f}%", 100 * record["mfu"].get<double>());
+      if (record.contains("peak_memory_mib")) {
+        extra += fmt::format(" | peak {} MiB", record["peak_memory_mib"].get<int64_t>());
+      }
       logger()->info(
-          "step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.3e} | {:.1f} ms | {:.0f} tok/s",
+          "step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.3e} | {:.1f} ms | {:.0f} tok/s{}",
           state_.global_step, run.total_steps,
           loss_steps > 0 ? loss_sum / loss_steps : std::nan(""),
           run.grad_norm.defined() ? run.grad_norm.item<double>() : std::nan(""), run.learning_rate,
-          record["step_ms"].get<double>(), record["tokens_per_s"].get<double>());
+          record["step_ms"].get<double>(), record["tokens_per_s"].get<double>(), extra);
     }
     run.loss_total += loss_sum;
     run.loss_total_steps += loss_steps;
@@ -1122,9 +1158,11 @@ TrainOutput Trainer::train() {
                          .betas({args_.adam_beta1, args_.adam_beta2})
                          .eps(args_.adam_epsilon)
                          .weight_decay(args_.weight_decay);
+  const auto implementation = optim::adamw_implementation(args_.optim);
   // Under FSDP the optimizer steps the local shards: its state is sharded.
-  auto optimizer = parallel_ ? torch::optim::AdamW(parallel_->parameter_groups(adamw), adamw)
-                             : optim::create_adamw(*model_, adamw);
+  auto optimizer = parallel_
+                       ? optim::AdamW(parallel_->parameter_groups(adamw), adamw, implementation)
+                       : optim::create_adamw(*model_, adamw, implementation);
   optim::LRScheduler scheduler(
       optimizer, optim::LRSchedulerOptions(args_.lr_scheduler_type)
                      .num_warmup_steps(warmup_steps(args_.warmup_steps, run.total_steps))
@@ -1139,6 +1177,11 @@ TrainOutput Trainer::train() {
     if (p.requires_grad()) run.params.push_back(p);
   }
   run.flops_per_token = 6.0 * static_cast<double>(non_embedding_parameters(*model_));
+  if (device_.is_cuda()) {
+    run.peak_flops =
+        peak_flops(at::cuda::getDeviceProperties(device_.has_index() ? device_.index() : 0)->name,
+                   args_.bf16 || args_.fp16);
+  }
 
   // A new state for this run; the records logged before it (an evaluation
   // before training) stay in the history.
@@ -1169,6 +1212,15 @@ TrainOutput Trainer::train() {
                : std::string(),
         args_.gradient_checkpointing ? "on" : "off",
         args_.bf16 ? "bf16" : (args_.fp16 ? "fp16 with loss scaling" : "fp32"), device_.str());
+  }
+  if (state_.is_world_process_zero) {
+    // The memory plan for the longest sequence among the first examples.
+    size_t seq_len = 1;
+    for (int64_t i = 0, n = std::min<int64_t>(train_dataset_->size(), 256); i < n; ++i) {
+      seq_len = std::max(seq_len, train_dataset_->get(i).input_ids.size());
+    }
+    const auto plan = estimate_memory_plan(*model_, args_, static_cast<int64_t>(seq_len), device_);
+    say("\n" + startup_table(*model_, args_, device_, plan));
   }
 
   StopSignals signals;
@@ -1312,7 +1364,8 @@ std::map<std::string, double> Trainer::evaluate() {
     metrics["eval_steps_per_second"] = round_to(static_cast<double>(batches) / runtime, 3);
   }
   if (memory_) memory_->stop_and_update("eval", metrics);
-  if (is_main_process()) {
+  // With the bar drawn, the record itself is printed above it (on_log).
+  if (is_main_process() && !bar_shown()) {
     logger()->info("eval | loss {:.4f} | perplexity {:.3f}", loss, std::exp(loss));
   }
   log(json(metrics));

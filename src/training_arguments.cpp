@@ -504,6 +504,12 @@ std::vector<detail::FieldSpec> make_field_specs() {
       {"cosine_warmup_with_min_lr", "a transformers scheduler remat does not implement"},
       {"warmup_stable_decay", "a transformers scheduler remat does not implement"},
       {"greedy", "a transformers scheduler remat does not implement"}};
+  std::vector<detail::Choice> hf_optimizers;
+  for (const char* name :
+       {"adamw_torch_xla", "adamw_torch_npu_fused", "adafactor", "adamw_anyprecision",
+        "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit"}) {
+    hf_optimizers.push_back({name, "a transformers optimizer remat does not implement"});
+  }
   std::vector<detail::Choice> schedulers;
   for (const auto& scheduler : detail::lr_schedulers()) schedulers.push_back(scheduler.choice);
   const auto& strategies = detail::interval_strategies();
@@ -544,6 +550,10 @@ std::vector<detail::FieldSpec> make_field_specs() {
                          "of the total steps (transformers 5 folded warmup_ratio into it).",
                          steps(true)),
 
+      field<StringCodec>(adamw, "optim", &A::optim,
+                         "The AdamW implementation: ATen's fused kernel or its multi-tensor "
+                         "kernels; both compute torch.optim.AdamW's update.",
+                         one_of(detail::optimizers(), hf_optimizers)),
       field<DoubleCodec>(adamw, "weight_decay", &A::weight_decay,
                          "Decoupled weight decay; not applied to biases and normalization "
                          "weights.",

@@ -63,6 +63,9 @@ struct SchedulerSpec {
 };
 const std::vector<SchedulerSpec>& lr_schedulers();
 
+/// The values of optim.
+const std::vector<Choice>& optimizers();
+
 /// The values of logging_strategy, eval_strategy and save_strategy.
 const std::vector<Choice>& interval_strategies();
 

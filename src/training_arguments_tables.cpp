@@ -206,6 +206,17 @@ const std::vector<SchedulerSpec>& lr_schedulers() {
   return schedulers;
 }
 
+const std::vector<Choice>& optimizers() {
+  static const std::vector<Choice> optimizers = {
+      {"adamw_torch_fused",
+       "AdamW through ATen's fused kernel (_fused_adamw_): one launch per device and dtype for "
+       "all parameters."},
+      {"adamw_torch",
+       "AdamW through ATen's multi-tensor kernels (_foreach_*), as torch.optim.AdamW runs on "
+       "CUDA by default."}};
+  return optimizers;
+}
+
 const std::vector<Choice>& interval_strategies() {
   static const std::vector<Choice> strategies = {
       {"no", "Never during training."},

@@ -19,7 +19,9 @@
 #include <set>
 
 #include "oracle.h"
+#include "remat/callbacks.h"
 #include "remat/grad_scaler.h"
+#include "remat/tensorboard.h"
 #include "remat/trainer.h"
 #include "support.h"
 #include "trainer_support.h"
@@ -217,10 +219,39 @@ TEST(TrainerCallbacks, SeeTransformersCallOrder) {
   EXPECT_TRUE(recorder->logs[2].contains("train_loss"));
   EXPECT_EQ(recorder->logs, trainer.log_history());
   EXPECT_EQ(recorder->saved, std::vector<std::string>{args.output_dir + "/checkpoint-2"});
-  // The Trainer's DefaultFlowCallback runs first.
-  ASSERT_EQ(trainer.callbacks().size(), 2u);
+  // The Trainer's DefaultFlowCallback runs first, then its progress bar,
+  // then the user's.
+  ASSERT_EQ(trainer.callbacks().size(), 3u);
   EXPECT_NE(dynamic_cast<remat::DefaultFlowCallback*>(trainer.callbacks()[0].get()), nullptr);
-  EXPECT_EQ(trainer.callbacks()[1], recorder);
+  EXPECT_NE(dynamic_cast<remat::ProgressCallback*>(trainer.callbacks()[1].get()), nullptr);
+  EXPECT_EQ(trainer.callbacks()[2], recorder);
+}
+
+TEST(TrainerCallbacks, ReportToTensorboardWritesEventFiles) {
+  auto args = base_args("tensorboard");
+  args.max_steps = 2;
+  args.logging_steps = 1;
+  args.report_to = {"tensorboard"};
+  const std::string log_dir = args.output_dir + "/tb";
+  ::setenv("TENSORBOARD_LOGGING_DIR", log_dir.c_str(), 1);
+  Trainer trainer(tiny_gpt2(), args, make_dataset(8, 13));
+  trainer.train();
+  ::unsetenv("TENSORBOARD_LOGGING_DIR");
+  int tensorboard_callbacks = 0;
+  for (const auto& c : trainer.callbacks())
+    tensorboard_callbacks += dynamic_cast<remat::TensorBoardCallback*>(c.get()) != nullptr;
+  EXPECT_EQ(tensorboard_callbacks, 1);
+  std::vector<std::string> events;
+  for (const auto& entry : std::filesystem::directory_iterator(log_dir)) {
+    const auto name = entry.path().filename().string();
+    if (name.rfind("events.out.tfevents.", 0) == 0) events.push_back(entry.path().string());
+  }
+  ASSERT_EQ(events.size(), 1u);
+  std::ifstream in(events[0], std::ios::binary);
+  const std::string bytes(std::istreambuf_iterator<char>(in), {});
+  // The scalars of both logged steps, under transformers' tags.
+  EXPECT_NE(bytes.find("train/loss"), std::string::npos);
+  EXPECT_NE(bytes.find("train/learning_rate"), std::string::npos);
 }
 
 TEST(TrainerCallbacks, EpochEventsAndEpochStrategies) {

@@ -129,6 +129,7 @@ const std::vector<CliCase>& valid_cli_cases() {
       {{"--gradient_accumulation_steps", "8"}, "gradient_accumulation_steps", 8},
       {{"--learning_rate", "3e-5"}, "learning_rate", 3e-5},
       {{"--lr_scheduler_type", "cosine"}, "lr_scheduler_type", "cosine"},
+      {{"--optim", "adamw_torch"}, "optim", "adamw_torch"},
       {{"--lr_scheduler_kwargs", R"({"num_cycles": 1.5})", "--lr_scheduler_type", "cosine"},
        "lr_scheduler_kwargs",
        {{"num_cycles", 1.5}}},
@@ -306,6 +307,14 @@ const std::vector<InvalidCliCase>& invalid_cli_cases() {
       {{"--warmup_steps", "2.5"},
        "warmup_steps",
        "warmup_steps must be 0, a whole number >= 1, or a fraction in (0, 1), got 2.5"},
+      {{"--optim", "adamw_torch_fusd"},
+       "optim",
+       "optim must be one of adamw_torch_fused, adamw_torch, got \"adamw_torch_fusd\" (did you "
+       "mean \"adamw_torch_fused\"?)"},
+      {{"--optim", "adafactor"},
+       "optim",
+       "optim \"adafactor\" is not supported by remat (a transformers optimizer remat does not "
+       "implement); valid: adamw_torch_fused, adamw_torch"},
       {{"--weight_decay", "-0.1"}, "weight_decay", "weight_decay must be >= 0, got -0.1"},
       {{"--adam_beta1", "1"}, "adam_beta1", "adam_beta1 must be in [0, 1), got 1.0"},
       {{"--adam_beta2", "-0.5"}, "adam_beta2", "adam_beta2 must be in [0, 1), got -0.5"},

@@ -164,6 +164,14 @@ void schedulers_section(std::ostream& out) {
          "naming one is an error that says so.\n";
 }
 
+void optimizers_section(std::ostream& out) {
+  out << "\n## Optimizers\n\n`optim` takes:\n\n";
+  choices_table(out, "Name", remat::detail::optimizers());
+  out << "\nBoth keep torch::optim::AdamW's state, so `optimizer.pt` of one resumes in the "
+         "other. Hugging Face's other optimizers (Adafactor, 8-bit, SGD, ...) are not "
+         "implemented; naming one is an error that says so.\n";
+}
+
 void strategies_section(std::ostream& out) {
   out << "\n## Strategies\n\n`logging_strategy`, `eval_strategy` and `save_strategy` take:\n\n";
   choices_table(out, "Strategy", remat::detail::interval_strategies());
@@ -273,6 +281,7 @@ std::string page() {
   out << kIntro;
   fields_section(out);
   schedulers_section(out);
+  optimizers_section(out);
   strategies_section(out);
   reporters_section(out);
   checkpointing_section(out);

@@ -52,6 +52,8 @@
 
 namespace remat {
 
+class ProgressCallback;
+
 namespace distributed {
 class ProcessGroup;
 class DataParallel;
@@ -182,6 +184,12 @@ class Trainer {
   TrainerState state_;
   TrainerControl control_;
   std::shared_ptr<MemoryTracker> memory_;
+  // The progress bar among the default callbacks; while it draws, the
+  // per-step and evaluation lines go above it instead of to the logger.
+  std::shared_ptr<ProgressCallback> progress_;
+  // A line for the console that keeps the progress bar intact.
+  void say(const std::string& line) const;
+  bool bar_shown() const;
   std::atomic<bool> stop_requested_{false};
   std::shared_ptr<distributed::ProcessGroup> group_;
   std::shared_ptr<distributed::DataParallel> parallel_;

@@ -163,6 +163,11 @@ struct TrainingArguments {
 
   // --- AdamW ---
 
+  /// The AdamW implementation, by Hugging Face's name: "adamw_torch_fused"
+  /// (ATen's fused kernel, one launch per device and dtype; Hugging Face's
+  /// default with torch >= 2.8) or "adamw_torch" (ATen's multi-tensor
+  /// kernels). Both compute torch.optim.AdamW's update.
+  std::string optim = "adamw_torch_fused";
   /// Decoupled weight decay; not applied to biases and normalization weights.
   double weight_decay = 0.0;
   /// Decay rate of the first-moment estimate.

@@ -6,7 +6,7 @@ namespace remat::data {
 
 Batch Batch::to(const torch::Device& device, bool non_blocking) const {
   return {input_ids.to(device, non_blocking), attention_mask.to(device, non_blocking),
-          labels.to(device, non_blocking)};
+          labels.to(device, non_blocking), has_padding};
 }
 
 DataCollatorForCausalLM::DataCollatorForCausalLM(const DataCollatorForCausalLMOptions& options)
@@ -48,7 +48,9 @@ Batch DataCollatorForCausalLM::operator()(const std::vector<Example>& examples) 
       lab[row][start + j] = e.labels[j];
     }
   }
-  return {input_ids, attention_mask, labels};
+  bool has_padding = false;
+  for (const auto& e : examples) has_padding |= static_cast<int64_t>(e.input_ids.size()) < length;
+  return {input_ids, attention_mask, labels, has_padding};
 }
 
 }  // namespace remat::data

@@ -7,38 +7,73 @@
 #include "factory.h"
 #include "remat/io/safetensors.h"
 #include "remat/logging.h"
+#include "remat/nn/linear_cross_entropy.h"
 
 namespace remat::models {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// transformers shifts the labels so that tokens < n predict n; the last
+// position has no target.
+torch::Tensor shifted_labels(const torch::Tensor& labels, const torch::Device& device) {
+  return torch::nn::functional::pad(labels,
+                                    torch::nn::functional::PadFuncOptions({0, 1}).value(-100))
+      .narrow(1, 1, labels.size(1))
+      .to(device);
+}
+
+void check_labels(const torch::Tensor& labels, c10::IntArrayRef batch_tokens) {
+  TORCH_CHECK(labels.sizes() == batch_tokens, "labels must be [batch, tokens] = ", batch_tokens,
+              ", got ", labels.sizes());
+}
+
+void check_num_items(std::optional<int64_t> num_items_in_batch) {
+  TORCH_CHECK(!num_items_in_batch || *num_items_in_batch > 0,
+              "num_items_in_batch must be positive, got ", num_items_in_batch.value_or(0));
+}
+
+}  // namespace
+
 torch::Tensor CausalLMImpl::causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels,
                                            std::optional<int64_t> num_items_in_batch) {
-  TORCH_CHECK(labels.sizes() == logits.sizes().slice(0, 2),
-              "labels must be [batch, tokens] = ", logits.sizes().slice(0, 2), ", got ",
-              labels.sizes());
-  // Shift so that tokens < n predict n; the last position has no target.
-  auto shifted =
-      torch::nn::functional::pad(labels, torch::nn::functional::PadFuncOptions({0, 1}).value(-100))
-          .narrow(1, 1, labels.size(1))
-          .to(logits.device());
+  check_labels(labels, logits.sizes().slice(0, 2));
+  check_num_items(num_items_in_batch);
+  auto shifted = shifted_labels(labels, logits.device());
   auto flat_logits = logits.to(torch::kFloat).reshape({-1, logits.size(-1)});
   auto options = torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100);
   if (!num_items_in_batch)
     return torch::nn::functional::cross_entropy(flat_logits, shifted.reshape(-1), options);
-  TORCH_CHECK(*num_items_in_batch > 0, "num_items_in_batch must be positive, got ",
-              *num_items_in_batch);
   auto sum = torch::nn::functional::cross_entropy(flat_logits, shifted.reshape(-1),
                                                   options.reduction(torch::kSum));
   return sum / static_cast<double>(*num_items_in_batch);
 }
 
-CausalLMOutput CausalLMImpl::make_output(torch::Tensor logits, const CausalLMInputs& in,
+torch::Tensor CausalLMImpl::chunked_causal_lm_loss(const torch::Tensor& hidden,
+                                                   const torch::Tensor& head_weight,
+                                                   const torch::Tensor& labels,
+                                                   std::optional<int64_t> num_items_in_batch) {
+  check_labels(labels, hidden.sizes().slice(0, 2));
+  check_num_items(num_items_in_batch);
+  auto targets = shifted_labels(labels, hidden.device()).reshape(-1);
+  auto sum = nn::linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), head_weight, targets);
+  if (num_items_in_batch) return sum / static_cast<double>(*num_items_in_batch);
+  // torch's mean reduction: over the counted targets (NaN when there are none).
+  return sum / (targets != -100).sum();
+}
+
+CausalLMOutput CausalLMImpl::make_output(const torch::Tensor& hidden,
+                                         const torch::Tensor& head_weight, const CausalLMInputs& in,
                                          std::optional<KVCache> cache) {
   CausalLMOutput out;
-  if (in.labels) out.loss = causal_lm_loss(logits, *in.labels, in.num_items_in_batch);
-  out.logits = std::move(logits);
   out.past_key_values = std::move(cache);
+  if (in.labels && !in.return_logits) {
+    out.loss = chunked_causal_lm_loss(hidden, head_weight, *in.labels, in.num_items_in_batch);
+    return out;
+  }
+  out.logits = torch::matmul(hidden, head_weight.t());
+  if (in.labels) out.loss = causal_lm_loss(out.logits, *in.labels, in.num_items_in_batch);
   return out;
 }
 

@@ -143,7 +143,10 @@ class GPT2LMHeadModel : public CausalLMImpl {
   CausalLMOutput forward(const CausalLMInputs& in) override {
     auto& blocks = transformer->blocks;
     auto d = prepare_decoder(in, blocks);
-    const auto last_position = d.positions.max().item<int64_t>();
+    // Default positions end at past + tokens - 1, known without reading the
+    // device; explicit ones are read back (a host sync) to keep the check.
+    const auto last_position =
+        in.position_ids ? d.positions.max().item<int64_t>() : d.past_len + in.input_ids.size(1) - 1;
     TORCH_CHECK(last_position < config_.max_position_embeddings, "GPT-2 position ", last_position,
                 " is beyond n_positions ", config_.max_position_embeddings);
     auto x = transformer->wte(in.input_ids) + transformer->wpe(d.positions);
@@ -156,8 +159,8 @@ class GPT2LMHeadModel : public CausalLMImpl {
                                         past_v, use_cache);
                    });
     h = transformer->ln_f(h);
-    auto logits = lm_head ? lm_head(h) : torch::matmul(h, transformer->wte->weight.t());
-    return make_output(logits, in, std::move(cache));
+    return make_output(h, lm_head ? lm_head->weight : transformer->wte->weight, in,
+                       std::move(cache));
   }
 
   void init_weights() override {

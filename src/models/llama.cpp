@@ -66,7 +66,11 @@ class Rotary {
   std::pair<Tensor, Tensor> operator()(const Tensor& positions, torch::ScalarType dtype) {
     if (rope_.rope_type == "dynamic") update_dynamic(positions);
     torch::NoGradGuard no_grad;
-    auto inv = inv_freq_.to(positions.device());
+    // A copy from pageable host memory waits for the device: copy once.
+    if (!inv_device_.defined() || inv_device_.device() != positions.device()) {
+      inv_device_ = inv_freq_.to(positions.device());
+    }
+    const auto& inv = inv_device_;
     auto freqs = positions.to(torch::kFloat).unsqueeze(-1) * inv.view({1, 1, -1});
     auto emb = torch::cat({freqs, freqs}, -1);
     return {emb.cos().to(dtype), emb.sin().to(dtype)};
@@ -88,10 +92,12 @@ class Rotary {
       auto base = rope_.rope_theta * torch::pow(ratio, static_cast<double>(dim_) / (dim_ - 2));
       auto exponents = torch::arange(0, dim_, 2, torch::kLong).to(torch::kFloat) / dim_;
       inv_freq_ = rdiv(1.0, torch::pow(base, exponents));
+      inv_device_ = Tensor();
       cached_len_ = seq_len;
     }
     if (seq_len < max_pos_ && cached_len_ > max_pos_) {
       inv_freq_ = original_;
+      inv_device_ = Tensor();
       cached_len_ = max_pos_;
     }
   }
@@ -99,6 +105,7 @@ class Rotary {
   RopeParameters rope_;
   int64_t dim_, max_pos_;
   Tensor original_, inv_freq_;
+  Tensor inv_device_;  // inv_freq_ on the device of the last call
   int64_t cached_len_;
 };
 
@@ -241,8 +248,8 @@ class LlamaForCausalLM : public CausalLMImpl {
                              use_cache);
         });
     h = model->norm(h);
-    auto logits = lm_head ? lm_head(h) : torch::matmul(h, model->embed_tokens->weight.t());
-    return make_output(logits, in, std::move(cache));
+    return make_output(h, lm_head ? lm_head->weight : model->embed_tokens->weight, in,
+                       std::move(cache));
   }
 
   void init_weights() override {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <map>
 #include <regex>
 #include <unordered_set>
 
@@ -68,12 +70,121 @@ std::vector<torch::optim::OptimizerParamGroup> get_parameter_groups(
   return groups;
 }
 
-torch::optim::AdamW create_adamw(const torch::nn::Module& model,
-                                 const torch::optim::AdamWOptions& options) {
+AdamWImplementation adamw_implementation(const std::string& optim) {
+  if (optim == "adamw_torch") return AdamWImplementation::kForeach;
+  if (optim == "adamw_torch_fused") return AdamWImplementation::kFused;
+  TORCH_CHECK(false, "optim must be adamw_torch or adamw_torch_fused, got \"", optim, "\"");
+}
+
+AdamW::AdamW(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
+             torch::optim::AdamWOptions defaults, AdamWImplementation implementation)
+    : torch::optim::AdamW(param_groups, std::move(defaults)), implementation_(implementation) {}
+
+AdamW::AdamW(std::vector<torch::Tensor> params, torch::optim::AdamWOptions defaults,
+             AdamWImplementation implementation)
+    : torch::optim::AdamW(std::move(params), std::move(defaults)),
+      implementation_(implementation) {}
+
+// The parameters of one group on one device with one dtype, with their state.
+struct AdamW::Bucket {
+  std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps;
+  std::vector<int64_t> step_counts;
+};
+
+torch::Tensor AdamW::step(LossClosure closure) {
+  if (implementation_ == AdamWImplementation::kForLoop) return torch::optim::AdamW::step(closure);
+  torch::Tensor loss;
+  if (closure) {
+    torch::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& group : param_groups_) step_group(group);
+  return loss;
+}
+
+void AdamW::step_group(torch::optim::OptimizerParamGroup& group) {
+  const auto& options = static_cast<const torch::optim::AdamWOptions&>(group.options());
+  std::map<std::pair<std::string, int>, Bucket> buckets;
+  for (auto& p : group.params()) {
+    if (!p.grad().defined()) continue;
+    TORCH_CHECK(!p.grad().is_sparse(),
+                "remat::optim::AdamW: sparse gradients need AdamWImplementation::kForLoop");
+    auto& slot = state_[p.unsafeGetTensorImpl()];
+    if (!slot) {
+      auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+      fresh->step(0);
+      fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+      fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+      if (options.amsgrad()) {
+        fresh->max_exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+      }
+      slot = std::move(fresh);
+    }
+    auto& state = static_cast<torch::optim::AdamWParamState&>(*slot);
+    auto& bucket = buckets[{p.device().str(), static_cast<int>(p.scalar_type())}];
+    bucket.params.push_back(p);
+    bucket.grads.push_back(p.grad());
+    bucket.exp_avgs.push_back(state.exp_avg());
+    bucket.exp_avg_sqs.push_back(state.exp_avg_sq());
+    if (options.amsgrad()) bucket.max_exp_avg_sqs.push_back(state.max_exp_avg_sq());
+    auto& step = step_tensors_[p.unsafeGetTensorImpl()];
+    if (!step.defined() || step.device() != p.device()) {
+      step = torch::full({}, static_cast<double>(state.step()),
+                         torch::TensorOptions().dtype(torch::kFloat).device(p.device()));
+    }
+    bucket.steps.push_back(step);
+    state.step(state.step() + 1);
+    bucket.step_counts.push_back(state.step());
+  }
+  for (auto& item : buckets) step_bucket(options, item.second);
+}
+
+void AdamW::step_bucket(const torch::optim::AdamWOptions& options, Bucket& b) {
+  const double lr = options.lr(), wd = options.weight_decay(), eps = options.eps();
+  const auto [beta1, beta2] = options.betas();
+  if (implementation_ == AdamWImplementation::kFused) {
+    at::_foreach_add_(b.steps, 1.0);
+    at::_fused_adamw_(b.params, b.grads, b.exp_avgs, b.exp_avg_sqs, b.max_exp_avg_sqs, b.steps, lr,
+                      beta1, beta2, wd, eps, options.amsgrad(), /*maximize=*/false);
+    return;
+  }
+  // kForeach: torch::optim::AdamW's arithmetic, a few kernels for the bucket.
+  at::_foreach_add_(b.steps, 1.0);
+  if (wd != 0) at::_foreach_mul_(b.params, 1 - lr * wd);
+  at::_foreach_mul_(b.exp_avgs, beta1);
+  at::_foreach_add_(b.exp_avgs, b.grads, 1 - beta1);
+  at::_foreach_mul_(b.exp_avg_sqs, beta2);
+  at::_foreach_addcmul_(b.exp_avg_sqs, b.grads, b.grads, 1 - beta2);
+  std::vector<at::Scalar> root_correction2, step_size;
+  for (int64_t count : b.step_counts) {
+    const auto n = static_cast<double>(count);
+    root_correction2.emplace_back(std::sqrt(1 - std::pow(beta2, n)));
+    step_size.emplace_back(-lr / (1 - std::pow(beta1, n)));
+  }
+  std::vector<torch::Tensor> denom;
+  if (options.amsgrad()) {
+    at::_foreach_maximum_(b.max_exp_avg_sqs, b.exp_avg_sqs);
+    denom = at::_foreach_sqrt(b.max_exp_avg_sqs);
+  } else {
+    denom = at::_foreach_sqrt(b.exp_avg_sqs);
+  }
+  at::_foreach_div_(denom, root_correction2);
+  at::_foreach_add_(denom, eps);
+  at::_foreach_addcdiv_(b.params, b.exp_avgs, denom, step_size);
+}
+
+void AdamW::load(torch::serialize::InputArchive& archive) {
+  torch::optim::AdamW::load(archive);
+  step_tensors_.clear();
+}
+
+AdamW create_adamw(const torch::nn::Module& model, const torch::optim::AdamWOptions& options,
+                   AdamWImplementation implementation) {
   auto groups = get_parameter_groups(model, options);
   TORCH_CHECK(!groups[0].params().empty() || !groups[1].params().empty(), "create_adamw: module ",
               model.name(), " has no trainable parameters");
-  return torch::optim::AdamW(groups, options);
+  return AdamW(groups, options, implementation);
 }
 
 }  // namespace remat::optim

@@ -8,6 +8,7 @@
 #include "oracle.h"
 #include "support.h"
 
+using remat::data::Batch;
 using remat::data::DataCollatorForCausalLM;
 using remat::data::DataCollatorForCausalLMOptions;
 using remat::data::Example;
@@ -81,6 +82,24 @@ TEST(DataCollatorTest, DefaultsAndDevice) {
   EXPECT_EQ(batch.input_ids.dtype(), torch::kLong);
   EXPECT_EQ(batch.attention_mask.dtype(), torch::kLong);
   EXPECT_EQ(batch.labels.sizes(), (std::vector<int64_t>{1, 1}));
+}
+
+// has_padding says, from the host, whether attention_mask has a 0, and
+// survives the move to a device.
+TEST(DataCollatorTest, HasPaddingIsKnownOnTheHost) {
+  DataCollatorForCausalLM collate(0);
+  auto equal = collate({{{1, 2}, {1, 2}}, {{3, 4}, {3, 4}}});
+  EXPECT_FALSE(equal.has_padding);
+  EXPECT_FALSE(equal.to(torch::kCPU).has_padding);
+  EXPECT_TRUE(equal.attention_mask.all().item<bool>());
+  auto ragged = collate({{{1, 2}, {1, 2}}, {{3}, {3}}});
+  EXPECT_TRUE(ragged.has_padding);
+  EXPECT_TRUE(ragged.to(torch::kCPU).has_padding);
+  auto rounded = DataCollatorForCausalLM(DataCollatorForCausalLMOptions(0).pad_to_multiple_of(4))(
+      {{{1, 2}, {1, 2}}, {{3, 4}, {3, 4}}});
+  EXPECT_TRUE(rounded.has_padding);
+  EXPECT_FALSE(rounded.attention_mask.all().item<bool>());
+  EXPECT_TRUE(Batch{}.has_padding) << "a batch built elsewhere may have padding";
 }
 
 TEST(DataCollatorTest, Errors) {

@@ -4,6 +4,7 @@
 
 #include "remat/models/causal_lm.h"
 
+#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -175,6 +176,50 @@ TEST_P(ModelParityTest, SavePretrainedRoundTrips) {
                        (fs::path(saved) / "remat_logits.safetensors").string());
 }
 
+// Training computes the loss chunk by chunk from the hidden states; asking
+// for the logits too takes the plain path. Both give the same loss and
+// gradients: float32 to rounding, bf16 autocast within bf16 rounding (the
+// logits in bf16, the cross-entropy in float32 on both paths).
+TEST_P(ModelParityTest, ChunkedLossEqualsLossFromLogits) {
+  auto labels = ref.at("labels").clone();
+  labels.index_put_({0, torch::indexing::Slice(0, 3)}, -100);
+  for (const bool bf16 : {false, true}) {
+    for (const std::optional<int64_t> items :
+         {std::optional<int64_t>{}, std::optional<int64_t>{7}}) {
+      std::vector<torch::Tensor> losses;
+      std::vector<std::map<std::string, torch::Tensor>> grads;
+      for (const bool return_logits : {true, false}) {
+        auto model = load();
+        CausalLMInputs in;
+        in.input_ids = ref.at("input_ids");
+        in.labels = labels;
+        in.num_items_in_batch = items;
+        in.return_logits = return_logits;
+        remat::models::CausalLMOutput out;
+        {
+          at::autocast::set_autocast_enabled(c10::DeviceType::CPU, bf16);
+          at::autocast::set_autocast_dtype(c10::DeviceType::CPU, torch::kBFloat16);
+          out = model->forward(in);
+          at::autocast::set_autocast_enabled(c10::DeviceType::CPU, false);
+          at::autocast::clear_cache();
+        }
+        EXPECT_EQ(out.logits.defined(), return_logits);
+        EXPECT_EQ(out.loss.scalar_type(), torch::kFloat);
+        out.loss.backward();
+        losses.push_back(out.loss.detach());
+        grads.emplace_back();
+        for (const auto& p : model->named_parameters()) grads.back()[p.key()] = p.value().grad();
+      }
+      const double tol = bf16 ? 2e-2 : 1e-6;
+      EXPECT_TRUE(close(losses[1], losses[0], 0, tol)) << "bf16 " << bf16;
+      for (const auto& [name, want] : grads[0]) {
+        EXPECT_TRUE(close(grads[1].at(name), want, 1e-9, bf16 ? 5e-2 : 1e-6))
+            << name << " bf16 " << bf16;
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Transformers, ModelParityTest,
                          ::testing::Values("gpt2_tied", "gpt2_untied", "llama_gqa",
                                            "llama_linear_bias_tied", "llama_dynamic",
@@ -216,6 +261,26 @@ TEST(SamplingTest, SeededSamplingIsReproducibleAndTopKOneIsGreedy) {
   EXPECT_TRUE(torch::equal(model->generate(prompt, g), model->generate(prompt, greedy)));
   g.temperature = 0;
   ASSERT_THROWS_WITH(model->generate(prompt, g), "temperature must be positive, got 0");
+}
+
+// The position check reads nothing from the device for default positions
+// (it knows past + tokens) and still reads explicit ones.
+TEST(ModelConfigTest, Gpt2PositionsBeyondNPositionsAreErrors) {
+  auto config = remat::models::ModelConfig::from_json({{"model_type", "gpt2"},
+                                                       {"n_embd", 8},
+                                                       {"n_head", 2},
+                                                       {"n_layer", 1},
+                                                       {"n_positions", 4},
+                                                       {"vocab_size", 16}});
+  auto model = AutoModelForCausalLM::from_config(config);
+  CausalLMInputs in;
+  in.input_ids = torch::zeros({1, 4}, torch::kLong);
+  EXPECT_EQ(model->forward(in).logits.size(1), 4);
+  in.input_ids = torch::zeros({1, 5}, torch::kLong);
+  ASSERT_THROWS_WITH(model->forward(in), "GPT-2 position 4 is beyond n_positions 4");
+  in.input_ids = torch::zeros({1, 2}, torch::kLong);
+  in.position_ids = torch::tensor({{0, 6}}, torch::kLong);
+  ASSERT_THROWS_WITH(model->forward(in), "GPT-2 position 6 is beyond n_positions 4");
 }
 
 TEST(ModelConfigTest, UnsupportedModelTypeNamesTheSupportedOnes) {

@@ -6,9 +6,13 @@
 
 #include <gtest/gtest.h>
 
+#include <sstream>
+
 #include "oracle.h"
 #include "support.h"
 
+using remat::optim::adamw_implementation;
+using remat::optim::AdamWImplementation;
 using remat::optim::create_adamw;
 using remat::optim::get_decay_parameter_names;
 using remat::optim::get_parameter_groups;
@@ -60,6 +64,18 @@ struct TiedHeadImpl : torch::nn::Module {
   torch::Tensor weight;
 };
 TORCH_MODULE(TiedHead);
+
+std::string implementation_name(AdamWImplementation implementation) {
+  switch (implementation) {
+    case AdamWImplementation::kForLoop:
+      return "ForLoop";
+    case AdamWImplementation::kForeach:
+      return "Foreach";
+    case AdamWImplementation::kFused:
+      return "Fused";
+  }
+  return "?";
+}
 
 // The oracle's Tiny model, registered in the same order under the same names.
 struct TinyImpl : torch::nn::Module {
@@ -161,11 +177,14 @@ TEST_F(AdamWTest, GroupsMatchTheTrainer) {
   EXPECT_EQ(std::get<1>(no_decay.betas()), 0.95);
 }
 
-TEST_F(AdamWTest, ThreeStepsMatchTorchAdamW) {
+struct AdamWImplementationTest : AdamWTest, ::testing::WithParamInterface<AdamWImplementation> {};
+
+TEST_P(AdamWImplementationTest, ThreeStepsMatchTorchAdamW) {
   auto steps = remat::test::read_tensors(dir, "steps");
   auto fused = remat::test::read_tensors(dir, "fused");
   auto ids = init.at("input_ids"), targets = init.at("targets");
-  auto optimizer = create_adamw(*model, options());
+  auto optimizer = create_adamw(*model, options(), GetParam());
+  EXPECT_EQ(optimizer.implementation(), GetParam());
   for (int step = 1; step <= meta["steps"].get<int>(); ++step) {
     auto logits = model->forward(ids);
     auto loss =
@@ -181,6 +200,165 @@ TEST_F(AdamWTest, ThreeStepsMatchTorchAdamW) {
     }
   }
   EXPECT_TRUE(torch::equal(model->frozen->weight, init.at("frozen.weight")));
+}
+
+INSTANTIATE_TEST_SUITE_P(AdamW, AdamWImplementationTest,
+                         ::testing::Values(AdamWImplementation::kForLoop,
+                                           AdamWImplementation::kForeach,
+                                           AdamWImplementation::kFused),
+                         [](const auto& info) { return implementation_name(info.param); });
+
+namespace {
+
+// Parameters of several shapes in two groups (one without decay), with
+// gradients that change each step.
+struct Problem {
+  explicit Problem(int64_t seed, torch::Dtype dtype = torch::kFloat,
+                   torch::Device device = torch::kCPU) {
+    torch::manual_seed(seed);
+    auto options = torch::TensorOptions().dtype(dtype).device(device);
+    for (auto shape : {std::vector<int64_t>{7, 5}, {5}, {3, 2, 4}, {1}}) {
+      params.push_back(torch::randn(shape, options).requires_grad_());
+    }
+  }
+  std::vector<torch::optim::OptimizerParamGroup> groups(const torch::optim::AdamWOptions& o) const {
+    auto no_decay = std::make_unique<torch::optim::AdamWOptions>(o);
+    no_decay->weight_decay(0).lr(o.lr() / 2);
+    std::vector<torch::optim::OptimizerParamGroup> g;
+    g.emplace_back(std::vector<torch::Tensor>{params[0], params[2]},
+                   std::make_unique<torch::optim::AdamWOptions>(o));
+    g.emplace_back(std::vector<torch::Tensor>{params[1], params[3]}, std::move(no_decay));
+    return g;
+  }
+  void set_grads(int step) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      auto g = torch::sin(torch::arange(params[i].numel(), params[i].options().requires_grad(false))
+                                  .reshape(params[i].sizes()) *
+                              (step + 1.0) +
+                          static_cast<double>(i));
+      params[i].mutable_grad() = g;
+    }
+  }
+  std::vector<torch::Tensor> params;
+};
+
+torch::optim::AdamWOptions test_options(bool amsgrad) {
+  return torch::optim::AdamWOptions(3e-2)
+      .betas({0.9, 0.95})
+      .eps(1e-6)
+      .weight_decay(0.1)
+      .amsgrad(amsgrad);
+}
+
+void expect_close(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b,
+                  double rtol) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(
+        torch::allclose(a[i].cpu().to(torch::kDouble), b[i].cpu().to(torch::kDouble), rtol, 1e-7))
+        << "parameter " << i << ": max difference "
+        << (a[i].cpu() - b[i].cpu()).abs().max().item<double>();
+  }
+}
+
+}  // namespace
+
+struct AdamWEquivalenceTest : ::testing::TestWithParam<std::tuple<AdamWImplementation, bool>> {};
+
+// Ten steps with two groups (their own lr and decay), amsgrad on and off,
+// and a learning-rate change midway as a scheduler makes.
+TEST_P(AdamWEquivalenceTest, TenStepsEqualTorchAdamW) {
+  const auto [implementation, amsgrad] = GetParam();
+  Problem reference(1), tested(1);
+  torch::optim::AdamW expected(reference.groups(test_options(amsgrad)), test_options(amsgrad));
+  remat::optim::AdamW actual(tested.groups(test_options(amsgrad)), test_options(amsgrad),
+                             implementation);
+  for (int step = 0; step < 10; ++step) {
+    if (step == 5) {
+      for (auto* opt : {static_cast<torch::optim::Optimizer*>(&expected),
+                        static_cast<torch::optim::Optimizer*>(&actual)}) {
+        for (auto& group : opt->param_groups()) {
+          auto& o = static_cast<torch::optim::AdamWOptions&>(group.options());
+          o.lr(o.lr() * 0.5);
+        }
+      }
+    }
+    reference.set_grads(step);
+    tested.set_grads(step);
+    expected.step();
+    actual.step();
+  }
+  expect_close(tested.params, reference.params, 1e-5);
+  // Moments equal too: the state is torch::optim::AdamW's.
+  for (size_t i = 0; i < tested.params.size(); ++i) {
+    void* key = tested.params[i].unsafeGetTensorImpl();
+    auto& state = static_cast<torch::optim::AdamWParamState&>(*actual.state().at(key));
+    EXPECT_EQ(state.step(), 10);
+    auto& ref_state = static_cast<torch::optim::AdamWParamState&>(
+        *expected.state().at(reference.params[i].unsafeGetTensorImpl()));
+    EXPECT_TRUE(torch::allclose(state.exp_avg_sq(), ref_state.exp_avg_sq(), 1e-5, 1e-12));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AdamW, AdamWEquivalenceTest,
+                         ::testing::Combine(::testing::Values(AdamWImplementation::kForeach,
+                                                              AdamWImplementation::kFused),
+                                            ::testing::Bool()),
+                         [](const auto& info) {
+                           return implementation_name(std::get<0>(info.param)) +
+                                  (std::get<1>(info.param) ? "_amsgrad" : "");
+                         });
+
+// optimizer.pt written by one implementation resumes in another (and in
+// torch::optim::AdamW): same archive layout, and the fused step counts are
+// rebuilt from the loaded state.
+TEST(AdamWSerialization, ResumesAcrossImplementations) {
+  Problem straight(2), resumed(2);
+  remat::optim::AdamW uninterrupted(straight.groups(test_options(false)), test_options(false),
+                                    AdamWImplementation::kFused);
+  remat::optim::AdamW first(resumed.groups(test_options(false)), test_options(false),
+                            AdamWImplementation::kFused);
+  for (int step = 0; step < 3; ++step) {
+    straight.set_grads(step);
+    resumed.set_grads(step);
+    uninterrupted.step();
+    first.step();
+  }
+  torch::serialize::OutputArchive out;
+  first.save(out);
+  std::stringstream bytes;
+  out.save_to(bytes);
+  torch::optim::AdamW plain(resumed.groups(test_options(false)), test_options(false));
+  torch::serialize::InputArchive in;
+  in.load_from(bytes);
+  plain.load(in);
+  resumed.set_grads(3);
+  plain.step();
+  torch::serialize::OutputArchive out2;
+  plain.save(out2);
+  std::stringstream bytes2;
+  out2.save_to(bytes2);
+  remat::optim::AdamW last(resumed.groups(test_options(false)), test_options(false),
+                           AdamWImplementation::kForeach);
+  torch::serialize::InputArchive in2;
+  in2.load_from(bytes2);
+  last.load(in2);
+  for (int step = 3; step < 6; ++step) {
+    straight.set_grads(step);
+    uninterrupted.step();
+    if (step > 3) {
+      resumed.set_grads(step);
+      last.step();
+    }
+  }
+  expect_close(resumed.params, straight.params, 1e-5);
+}
+
+TEST(AdamWNames, HuggingFaceOptimNames) {
+  EXPECT_EQ(adamw_implementation("adamw_torch"), AdamWImplementation::kForeach);
+  EXPECT_EQ(adamw_implementation("adamw_torch_fused"), AdamWImplementation::kFused);
+  ASSERT_THROWS_WITH(adamw_implementation("adafactor"),
+                     "optim must be adamw_torch or adamw_torch_fused, got \"adafactor\"");
 }
 
 TEST(AdamWGroups, NoTrainableParametersIsAnError) {

@@ -32,7 +32,9 @@ using TokenizeFn = std::function<std::vector<int64_t>(std::string_view text)>;
 /// an optional prompt before it whose tokens are labelled kIgnoreIndex.
 /// Plain text has an empty prompt.
 struct Document {
+  /// Text before the completion, not trained on; empty for plain text.
   std::string prompt;
+  /// The text trained on.
   std::string completion;
   /// Where it came from, for error messages: "file.jsonl:12" (file and
   /// 1-based line where the document starts), or whatever the caller likes.
@@ -105,11 +107,13 @@ class CausalLMDataset : public Dataset {
                                         const CausalLMDatasetOptions& options = {});
 
   int64_t size() const override { return static_cast<int64_t>(offsets_.size()) - 1; }
+  /// The example at `index` in [0, size()): its input_ids and labels.
   Example get(int64_t index) const override;
 
   /// Tokens over all examples (what the model sees per epoch).
   int64_t num_tokens() const { return offsets_.back(); }
 
+  /// The options the dataset was built with.
   const CausalLMDatasetOptions& options() const { return options_; }
 
  private:

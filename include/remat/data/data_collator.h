@@ -22,9 +22,17 @@ namespace remat::data {
 /// A batch: `input_ids`, `attention_mask` (1 on tokens, 0 on padding) and
 /// `labels` (kIgnoreIndex on padding), each int64 of shape [batch, length].
 struct Batch {
+  /// [batch, tokens] int64 token ids, padded.
   torch::Tensor input_ids;
+  /// [batch, tokens] int64: 1 for real tokens, 0 for padding.
   torch::Tensor attention_mask;
+  /// [batch, tokens] int64 targets; padding and masked tokens are -100.
   torch::Tensor labels;
+  /// Whether any row has padding (a 0 in attention_mask). Known on the host
+  /// when the batch is built, so a model given no mask for an unpadded batch
+  /// attends causally without reading the mask back from the device. A
+  /// collator that does not know leaves it true.
+  bool has_padding = true;
 
   /// The same batch on `device`.
   ///
@@ -61,12 +69,14 @@ struct DataCollatorForCausalLMOptions {
 /// Example: `DataCollatorForCausalLM collate(0); auto batch = collate(examples);`
 class DataCollatorForCausalLM {
  public:
+  /// A collator padding as `options` says.
   explicit DataCollatorForCausalLM(const DataCollatorForCausalLMOptions& options);
 
   /// The padded batch. `examples` must not be empty, and each must have as
   /// many labels as input_ids.
   Batch operator()(const std::vector<Example>& examples) const;
 
+  /// The options it pads with.
   const DataCollatorForCausalLMOptions& options() const { return options_; }
 
  private:

@@ -62,6 +62,7 @@ struct BatchStreamState;
 /// Iterable with range-for, once.
 class BatchStream {
  public:
+  /// Movable (the workers move with the stream), not copyable.
   BatchStream(BatchStream&&) noexcept;
   BatchStream& operator=(BatchStream&&) noexcept;
   BatchStream(const BatchStream&) = delete;
@@ -74,6 +75,7 @@ class BatchStream {
   /// Batches not yet returned.
   int64_t remaining() const;
 
+  /// Input iterator over the remaining batches (range-for).
   class Iterator {
    public:
     using iterator_category = std::input_iterator_tag;
@@ -99,7 +101,9 @@ class BatchStream {
     std::optional<Batch> current_;
   };
 
+  /// The first remaining batch; begin() may be called once.
   Iterator begin() { return Iterator(this); }
+  /// The end of the stream.
   Iterator end() { return Iterator(); }
 
  private:
@@ -132,7 +136,9 @@ class DataLoader {
   /// Example: `for (const auto& batch : loader.epoch(2, /*skip_first_batches=*/100)) ...`
   BatchStream epoch(int64_t epoch, int64_t skip_first_batches = 0) const;
 
+  /// The options it was built with.
   const DataLoaderOptions& options() const { return options_; }
+  /// The sampler that orders each epoch.
   const DistributedSampler& sampler() const { return sampler_; }
 
  private:

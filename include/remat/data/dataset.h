@@ -36,6 +36,7 @@ struct Example {
 /// members is).
 class Dataset {
  public:
+  /// Datasets are used through pointers to this base.
   virtual ~Dataset() = default;
 
   /// The number of examples.

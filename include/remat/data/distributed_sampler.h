@@ -48,10 +48,12 @@ struct DistributedSamplerOptions {
 /// Example: `DistributedSampler(10, DistributedSamplerOptions().num_replicas(4).rank(1)).indices()`
 class DistributedSampler {
  public:
+  /// A sampler over `dataset_size` examples.
   explicit DistributedSampler(int64_t dataset_size, const DistributedSamplerOptions& options = {});
 
   /// Selects the epoch whose order indices() gives (torch's set_epoch).
   void set_epoch(int64_t epoch) { epoch_ = epoch; }
+  /// The epoch set last (0 at first).
   int64_t epoch() const { return epoch_; }
 
   /// This replica's indices for the current epoch (size() of them).
@@ -64,6 +66,7 @@ class DistributedSampler {
   int64_t total_size() const { return num_samples_ * options_.num_replicas(); }
 
   int64_t dataset_size() const { return dataset_size_; }
+  /// The options it was built with.
   const DistributedSamplerOptions& options() const { return options_; }
 
  private:

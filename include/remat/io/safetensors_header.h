@@ -32,12 +32,15 @@ inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
 ///   remat::io::TensorEntry e{"w", "F32", {2, 3}, 0, 24};
 /// \endcode
 struct TensorEntry {
+  /// The tensor's key in the file.
   std::string name;
+  /// The safetensors dtype name, e.g. "F32", "BF16", "I64".
   std::string dtype;
   std::vector<int64_t> shape;
   uint64_t begin = 0;
   uint64_t end = 0;
 
+  /// Equal when every field is.
   bool operator==(const TensorEntry& other) const {
     return name == other.name && dtype == other.dtype && shape == other.shape &&
            begin == other.begin && end == other.end;
@@ -52,7 +55,9 @@ struct TensorEntry {
 ///   const uint8_t* first = data + h.data_offset + h.tensors.at(0).begin;
 /// \endcode
 struct SafetensorsHeader {
+  /// The tensors, in the order of their data in the file.
   std::vector<TensorEntry> tensors;
+  /// The `__metadata__` string map (empty when absent).
   std::map<std::string, std::string> metadata;
   uint64_t data_offset = 0;
 };

@@ -23,6 +23,7 @@ namespace remat::io {
 /// {}`
 class TokenizerError : public std::runtime_error {
  public:
+  /// Constructs it from the message.
   using std::runtime_error::runtime_error;
 };
 

@@ -30,7 +30,9 @@ namespace remat::models {
 /// Keys and values of every layer for the tokens seen so far, each
 /// [batch, kv_heads, tokens, head_dim].
 struct KVCache {
+  /// One key tensor per layer.
   std::vector<torch::Tensor> keys;
+  /// One value tensor per layer.
   std::vector<torch::Tensor> values;
 
   /// Tokens cached (0 when empty).
@@ -55,11 +57,19 @@ struct CausalLMInputs {
   /// When set, the loss is the sum over counted tokens divided by this (the
   /// Trainer passes the token count of all accumulated micro-batches).
   std::optional<int64_t> num_items_in_batch;
+  /// Also return the logits when labels are given. Without labels the logits
+  /// are always returned. With labels and false (the default, what training
+  /// wants) the loss is computed by remat::nn::linear_cross_entropy, chunk by
+  /// chunk, and the full [batch, tokens, vocab] logits never exist (in the
+  /// forward or the backward); `logits` is then undefined. Same loss and
+  /// gradients either way, within float rounding.
+  bool return_logits = false;
 };
 
 /// What CausalLMImpl::forward returns.
 struct CausalLMOutput {
-  /// [batch, tokens, vocab] in the model's dtype.
+  /// [batch, tokens, vocab] in the model's dtype; undefined when labels were
+  /// given without return_logits.
   torch::Tensor logits;
   /// Scalar float32 loss when labels were given, else undefined.
   torch::Tensor loss;
@@ -73,9 +83,11 @@ struct GenerationConfig {
   int64_t max_new_tokens = 20;
   /// false: greedy (argmax); true: sample after temperature, top-k, top-p.
   bool do_sample = false;
+  /// Divides the logits before sampling; > 0.
   double temperature = 1.0;
   /// 0 disables top-k.
   int64_t top_k = 50;
+  /// Nucleus sampling: keep the smallest set of tokens with this probability; 1 disables.
   double top_p = 1.0;
   /// Seeds the global generators before sampling (as transformers.set_seed).
   std::optional<uint64_t> seed;
@@ -97,8 +109,10 @@ torch::Tensor apply_logits_warpers(torch::Tensor logits, const GenerationConfig&
 /// transformers' weight names.
 class CausalLMImpl : public torch::nn::Module {
  public:
+  /// A model of `config`; subclasses create the layers.
   explicit CausalLMImpl(ModelConfig config) : config_(std::move(config)) {}
 
+  /// The configuration (config.json) of the model.
   const ModelConfig& config() const { return config_; }
 
   /// Logits, loss (with labels) and the new cache (with use_cache).
@@ -127,11 +141,14 @@ class CausalLMImpl : public torch::nn::Module {
 
   /// Marks every decoder layer (or as `options` says) for checkpointing.
   int64_t gradient_checkpointing_enable(const nn::GradientCheckpointingOptions& options = {});
+  /// Unmarks every decoder layer.
   void gradient_checkpointing_disable();
+  /// Whether any decoder layer is marked for checkpointing.
   bool is_gradient_checkpointing() const;
 
   /// The directory from_pretrained() read, if any (tokenizer files).
   const std::string& source_dir() const { return source_dir_; }
+  /// Sets the directory whose tokenizer files save_pretrained() copies.
   void set_source_dir(std::string dir) { source_dir_ = std::move(dir); }
 
  protected:
@@ -139,12 +156,19 @@ class CausalLMImpl : public torch::nn::Module {
   virtual std::vector<std::string> tied_weight_names() const { return {}; }
   /// Maps a name found in a file to the model's name ("" to ignore it).
   virtual std::string canonical_name(const std::string& name) const { return name; }
-  /// Loss as transformers' ForCausalLMLoss.
+  /// Loss as transformers' ForCausalLMLoss, from the full logits.
   static torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels,
                                       std::optional<int64_t> num_items_in_batch);
-  /// The output for `logits`: with the loss when `in` has labels.
-  static CausalLMOutput make_output(torch::Tensor logits, const CausalLMInputs& in,
-                                    std::optional<KVCache> cache);
+  /// The same loss from the final hidden states [batch, tokens, hidden] and
+  /// the LM head's weight [vocab, hidden], chunk by chunk, without the logits.
+  static torch::Tensor chunked_causal_lm_loss(const torch::Tensor& hidden,
+                                              const torch::Tensor& head_weight,
+                                              const torch::Tensor& labels,
+                                              std::optional<int64_t> num_items_in_batch);
+  /// The output for the final hidden states and the LM head's weight: the
+  /// logits unless only the loss is wanted, and the loss when `in` has labels.
+  static CausalLMOutput make_output(const torch::Tensor& hidden, const torch::Tensor& head_weight,
+                                    const CausalLMInputs& in, std::optional<KVCache> cache);
 
   ModelConfig config_;
   std::string source_dir_;
@@ -154,6 +178,7 @@ class CausalLMImpl : public torch::nn::Module {
 struct FromPretrainedOptions {
   /// Parameter dtype; weights are converted on load. Default float32.
   torch::Dtype dtype = torch::kFloat;
+  /// Where the parameters are created. Default CPU.
   torch::Device device = torch::kCPU;
 };
 

@@ -85,6 +85,7 @@ LRLambda get_lr_lambda(const LRSchedulerOptions& options, double initial_lr);
 /// group's initial learning rate (torch's `last_epoch` and `base_lrs`).
 struct LRSchedulerState {
   int64_t last_epoch = 0;
+  /// Each parameter group's initial learning rate.
   std::vector<double> base_lrs;
 
   /// `{"last_epoch": 3, "base_lrs": [0.001, 0.001]}`

@@ -1,0 +1,71 @@
+"""CPU smoke run of the benchmark harness on a tiny shape: remat-bench under
+every policy, both anchors (the compiled one in eager mode) with
+checkpointing off and on, then compare.py. Fails when a run fails, a field
+is missing, or remat's policies do not train the same (on CPU their losses
+are bitwise equal).
+
+  python benchmarks/cpu_smoke.py path/to/remat-bench WORKDIR
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+here = os.path.dirname(os.path.abspath(__file__))
+bench, work = sys.argv[1], sys.argv[2]
+os.makedirs(work, exist_ok=True)
+paths = {name: os.path.join(work, name + ".json") for name in ("remat", "hf", "compiled")}
+for path in paths.values():
+    if os.path.exists(path):
+        os.remove(path)
+tiny = ["--steps", "2", "--warmup", "1"]
+
+
+def run(*command):
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+run(bench, "--preset", "tiny", "--layers", "4", "--device", "cpu", *tiny, "--policy",
+    "none,full,every-2,attention,mlp", "--json", paths["remat"])
+run(bench, "--preset", "tiny", "--arch", "llama", "--kv_heads", "2", "--device", "cpu", "--bf16",
+    *tiny, "--policy", "none,full,attention", "--json", os.path.join(work, "remat_llama.json"))
+for gc in ([], ["--gradient_checkpointing"]):
+    run(sys.executable, os.path.join(here, "anchors", "hf_trainer.py"), "--device", "cpu", *tiny,
+        *gc, "--json", paths["hf"])
+    run(sys.executable, os.path.join(here, "anchors", "compiled.py"), "--device", "cpu",
+        "--no_compile", *tiny, *gc, "--json", paths["compiled"])
+markdown = os.path.join(work, "comparison.md")
+run(sys.executable, os.path.join(here, "compare.py"), *paths.values(),
+    os.path.join(work, "remat_llama.json"), "--markdown", markdown, "--png",
+    os.path.join(work, "comparison.png"))
+
+fields = ["framework", "policy", "median_step_ms", "tokens_per_s", "mfu", "peak_allocated_mib",
+          "peak_minus_model_state_mib", "activation_floor_mib", "final_loss", "losses", "step_ms"]
+remat = json.load(open(paths["remat"]))
+assert [r["policy"] for r in remat] == ["none", "full", "every-2", "attention", "mlp"], remat
+for name, path in paths.items():
+    rows = json.load(open(path))
+    assert rows, name
+    for r in rows:
+        missing = [f for f in fields if f not in r]
+        assert not missing, f"{name} lacks {missing}"
+        assert len(r["step_ms"]) == 2 and len(r["losses"]) == 3, (name, r)
+        assert r["median_step_ms"] > 0 and r["tokens_per_s"] > 0, (name, r)
+assert [r["policy"] for r in json.load(open(paths["hf"]))] == ["none", "full"]
+losses = {r["policy"]: r["losses"] for r in remat}
+assert all(v == losses["none"] for v in losses.values()), losses
+assert all(r["activation_floor_mib"] > 0 for r in remat)
+floors = {r["policy"]: r["activation_floor_mib"] for r in remat}
+assert floors["full"] < floors["every-2"] < floors["none"], floors
+llama = json.load(open(os.path.join(work, "remat_llama.json")))
+assert llama[0]["losses"] == llama[1]["losses"], llama
+# Checkpointing only Llama's attention under bf16 autocast changes the
+# gradients by bf16 rounding (known; whole layers are bitwise equal).
+assert all(abs(a - b) <= 1e-3 * abs(b) for a, b in zip(llama[2]["losses"], llama[0]["losses"]))
+report = open(markdown).read()
+for text in ("| remat | none |", "| remat | mlp |", "| HF Trainer | full |",
+             "| PyTorch eager | none |"):
+    assert text in report, text
+print("cpu smoke run: ok")
