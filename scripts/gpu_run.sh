@@ -41,6 +41,11 @@ fi
 if [ -d "$root/.deps/utf8proc/usr/include" ] && [ ! -f /usr/include/utf8proc.h ]; then
   prefix="$prefix;$root/.deps/utf8proc/usr"
 fi
+# The Gloo headers (.deps/gloo: the unpacked libgloo-dev package) are found by
+# CMakeLists.txt itself; only headers are needed, no library.
+if [ ! -f /usr/include/gloo/algorithm.h ] && [ ! -d "$root/.deps/gloo/usr/include/gloo" ]; then
+  echo "gpu_run: no Gloo headers: install libgloo-dev or unpack it into .deps/gloo" >&2
+fi
 # Python wheels the benchmark anchors need (accelerate for the Hugging Face
 # Trainer), for a machine without network.
 if [ -d "$root/.deps/wheels" ] && ! python3 -c 'import accelerate' >/dev/null 2>&1; then

@@ -27,7 +27,7 @@ as_root() {
 install_packages() {
   local wanted=(g++ cmake ninja-build git python3 python3-venv python3-pip
     libfmt-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
-    libcli11-dev nlohmann-json3-dev libonig-dev libutf8proc-dev)
+    libcli11-dev nlohmann-json3-dev libonig-dev libutf8proc-dev libgloo-dev)
   local missing=()
   for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||

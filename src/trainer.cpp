@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -28,6 +29,8 @@
 #include "remat/callbacks.h"
 #include "remat/data/data_collator.h"
 #include "remat/data/distributed_sampler.h"
+#include "remat/distributed/data_parallel.h"
+#include "remat/distributed/process_group.h"
 #include "remat/flops.h"
 #include "remat/grad_scaler.h"
 #include "remat/io/safetensors.h"
@@ -225,6 +228,7 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 // A checkpoint is written as `.tmp-checkpoint-<step>-<pid>` and renamed when
 // complete. One whose process is gone (killed mid-save) is removed; one of a
 // live process (another run writing into the same output_dir) is left alone.
+// In a distributed run the pid is rank 0's, and only rank 0 calls this.
 void remove_abandoned_checkpoints(const std::string& dir) {
   const std::string prefix = ".tmp-checkpoint-";
   for (const auto& name : list_directory(dir)) {
@@ -548,6 +552,9 @@ struct Trainer::Run {
   Clock::time_point log_start;
   int64_t steps_since_log = 0, tokens_since_log = 0;
 
+  int64_t world = 1;         // processes training together
+  bool stop_agreed = false;  // distributed: some rank asked to stop at this step
+
   bool interrupted = false;
   std::string checkpoint;  // the last one saved
   int64_t checkpoint_step = -1;
@@ -566,15 +573,33 @@ Trainer::Trainer(std::shared_ptr<torch::nn::Module> model, TrainingArguments arg
       eval_dataset_(std::move(eval_dataset)),
       collator_(std::move(collator)),
       device_(pick_device(args_)) {
-  if (!args_.skip_memory_metrics) {
-    memory_ = std::make_shared<MemoryTracker>(device_);
-    memory_->start("init");
-  }
   TORCH_CHECK(model_ != nullptr, "Trainer: model is null");
   args_.validate();
   TORCH_CHECK(args_.eval_strategy == "no" || eval_dataset_ != nullptr, "Trainer: eval_strategy \"",
               args_.eval_strategy,
               "\" needs an eval dataset; pass one or set eval_strategy \"no\"");
+  // Started by torchrun: join the group and train on its device.
+  if (auto env = distributed::LaunchEnv::from_env(); env.launched) {
+    group_ = distributed::ProcessGroup::create(env, distributed::ProcessGroupOptions()
+                                                        .use_cpu(args_.use_cpu)
+                                                        .timeout_seconds(args_.ddp_timeout));
+    device_ = group_->device();
+  }
+  TORCH_CHECK(group_ || !args_.fsdp || args_.fsdp->empty(), "Trainer: fsdp \"",
+              args_.fsdp.value_or(""),
+              "\" needs a distributed launch; start the program with torchrun (see "
+              "docs/distributed.md), --nproc-per-node 1 for one process");
+  checkpoint_pid_ = ::getpid();
+  if (group_) {
+    auto pid = torch::full({1}, checkpoint_pid_, torch::dtype(torch::kLong).device(device_));
+    group_->broadcast(pid, 0);
+    checkpoint_pid_ = pid.item<int64_t>();
+  }
+  set_process_flags();
+  if (!args_.skip_memory_metrics) {
+    memory_ = std::make_shared<MemoryTracker>(device_);
+    memory_->start("init");
+  }
   if (!collator_) {
     collator_ =
         data::DataCollatorForCausalLM(data::DataCollatorForCausalLMOptions(pad_token_of(*model_)));
@@ -584,6 +609,15 @@ Trainer::Trainer(std::shared_ptr<torch::nn::Module> model, TrainingArguments arg
   model_->to(device_);
   if (memory_) memory_->stop("init");
   call_callbacks([&](TrainerCallback& c) { c.on_init_end(args_, state_, control_); });
+}
+
+bool Trainer::is_main_process() const { return !group_ || group_->rank() == 0; }
+
+// transformers' process flags: callbacks that report (TensorBoard, the
+// progress bar, the start-up table) act on rank 0 only.
+void Trainer::set_process_flags() {
+  state_.is_world_process_zero = !group_ || group_->rank() == 0;
+  state_.is_local_process_zero = !group_ || group_->local_rank() == 0;
 }
 
 // The Trainer's own callbacks, registered before the user's, in one place:
@@ -650,7 +684,7 @@ void Trainer::log(json logs) {
   logs["step"] = state_.global_step;
   state_.log_history.push_back(logs);
   const auto& report = args_.report_to;
-  if (std::find(report.begin(), report.end(), "jsonl") != report.end()) {
+  if (is_main_process() && std::find(report.begin(), report.end(), "jsonl") != report.end()) {
     std::filesystem::create_directories(args_.output_dir);
     std::ofstream out(args_.output_dir + "/log.jsonl", std::ios::app);
     TORCH_CHECK(out, "Trainer: cannot append to ", args_.output_dir, "/log.jsonl");
@@ -680,40 +714,74 @@ void Trainer::load_model(const std::string& dir) {
   model_->load(archive);
 }
 
+void Trainer::save_model_files(const std::string& dir) {
+  if (parallel_) parallel_->gather_full_parameters();
+  if (is_main_process()) save_model(dir);
+  if (parallel_) parallel_->release_full_parameters(/*loaded=*/false);
+  if (group_) group_->barrier();
+}
+
+std::string Trainer::optimizer_file() const {
+  if (!parallel_ || !parallel_->sharded_optimizer_state()) return "optimizer.pt";
+  return "optimizer.rank" + std::to_string(group_->rank()) + ".pt";
+}
+
+// A collective in a distributed run: every rank writes into one temporary
+// directory named with rank 0's pid (rank 0 the model and the state files,
+// every rank its optimizer shard under FSDP), and rank 0 renames and prunes.
 void Trainer::save_checkpoint(Run& run) {
   const std::string name = "checkpoint-" + std::to_string(state_.global_step);
   const std::string final_dir = args_.output_dir + "/" + name;
-  const std::string tmp = args_.output_dir + "/.tmp-" + name + "-" + std::to_string(::getpid());
-  remove_tree(tmp);
-  make_directory(tmp);
-  save_model(tmp);
-  torch::serialize::OutputArchive archive;
-  run.optimizer->save(archive);
-  archive.save_to(tmp + "/optimizer.pt");
-  write_file(tmp + "/scheduler.json", run.scheduler->state().to_json().dump(2));
-  torch::save(rng_states(), tmp + "/rng_state.pt");
-  if (run.scaler) write_file(tmp + "/scaler.json", run.scaler->state_dict().dump(2));
-  state_.stateful_callbacks["TrainerControl"] = control_.state();
-  write_file(tmp + "/trainer_state.json", state_.to_json_string());
+  const std::string tmp =
+      args_.output_dir + "/.tmp-" + name + "-" + std::to_string(checkpoint_pid_);
+  const bool main = is_main_process();
+  if (main) {
+    remove_tree(tmp);
+    make_directory(tmp);
+  }
+  if (group_) group_->barrier();  // the directory exists for every rank
+  save_model_files(tmp);
+  const bool sharded = parallel_ && parallel_->sharded_optimizer_state();
+  if (main || sharded) {
+    const std::string file = tmp + "/" + optimizer_file();
+    torch::serialize::OutputArchive archive;
+    run.optimizer->save(archive);
+    archive.save_to(file);
+    if (!main) fsync_path(file, O_RDONLY);  // rank 0 flushes the rest
+  }
+  // The same on every rank: the step losses are summed over the ranks.
   Position position = run.pos;
   position.loss_since_log = run.loss_since_log.item<double>();
-  write_file(tmp + "/remat_state.json", position.to_json().dump(2));
-  args_.to_json_file(tmp + "/training_args.json");
-  // Only a complete checkpoint ever carries the final name: write aside,
-  // flush, then rename.
-  fsync_tree(tmp);
-  remove_tree(final_dir);
-  TORCH_CHECK(::rename(tmp.c_str(), final_dir.c_str()) == 0, "Trainer: cannot rename ", tmp, " to ",
-              final_dir, ": ", std::strerror(errno));
-  fsync_path(args_.output_dir, O_RDONLY | O_DIRECTORY);
-  say("saved " + final_dir);
+  if (group_) group_->barrier();  // every rank's files are written
+  if (main) {
+    write_file(tmp + "/scheduler.json", run.scheduler->state().to_json().dump(2));
+    torch::save(rng_states(), tmp + "/rng_state.pt");
+    if (run.scaler) write_file(tmp + "/scaler.json", run.scaler->state_dict().dump(2));
+    state_.stateful_callbacks["TrainerControl"] = control_.state();
+    write_file(tmp + "/trainer_state.json", state_.to_json_string());
+    json remat_state = position.to_json();
+    remat_state["world_size"] = run.world;
+    write_file(tmp + "/remat_state.json", remat_state.dump(2));
+    args_.to_json_file(tmp + "/training_args.json");
+    // Only a complete checkpoint ever carries the final name: write aside,
+    // flush, then rename.
+    fsync_tree(tmp);
+    remove_tree(final_dir);
+    TORCH_CHECK(::rename(tmp.c_str(), final_dir.c_str()) == 0, "Trainer: cannot rename ", tmp,
+                " to ", final_dir, ": ", std::strerror(errno));
+    fsync_path(args_.output_dir, O_RDONLY | O_DIRECTORY);
+    say("saved " + final_dir);
+    if (args_.save_total_limit) {
+      auto checkpoints = list_checkpoints(args_.output_dir);
+      const auto limit = static_cast<size_t>(*args_.save_total_limit);
+      for (size_t i = 0; i + limit < checkpoints.size(); ++i) remove_tree(checkpoints[i].second);
+    }
+  } else {
+    state_.stateful_callbacks["TrainerControl"] = control_.state();
+  }
+  if (group_) group_->barrier();  // the checkpoint is complete
   run.checkpoint = final_dir;
   run.checkpoint_step = state_.global_step;
-  if (args_.save_total_limit) {
-    auto checkpoints = list_checkpoints(args_.output_dir);
-    const auto limit = static_cast<size_t>(*args_.save_total_limit);
-    for (size_t i = 0; i + limit < checkpoints.size(); ++i) remove_tree(checkpoints[i].second);
-  }
   control_.should_save = false;
   call_callbacks([&](TrainerCallback& c) { c.on_save(args_, state_, control_, final_dir); });
 }
@@ -730,9 +798,19 @@ void Trainer::resume(const std::string& requested, Run& run) {
   TORCH_CHECK(is_file(dir + "/remat_state.json"), "Trainer: ", dir,
               " has no remat_state.json, so it cannot be resumed exactly (it was not written by "
               "this version of remat's Trainer)");
+  const json remat_state = read_json(dir + "/remat_state.json");
+  const int64_t saved_world = remat_state.value("world_size", int64_t{1});
+  TORCH_CHECK(saved_world == run.world, "Trainer: checkpoint ", dir, " was written by ",
+              saved_world, " process", saved_world == 1 ? "" : "es", " but this run has ",
+              run.world, "; resume with the same number of processes (torchrun --nproc-per-node)");
+  // Under FSDP the full parameters take the loaded values, then the shards.
+  if (parallel_) parallel_->gather_full_parameters();
   load_model(dir);
+  if (parallel_) parallel_->release_full_parameters(/*loaded=*/true);
+  const std::string optimizer_path = dir + "/" + optimizer_file();
+  TORCH_CHECK(is_file(optimizer_path), "Trainer: ", dir, " has no ", optimizer_file());
   torch::serialize::InputArchive archive;
-  archive.load_from(dir + "/optimizer.pt", device_);
+  archive.load_from(optimizer_path, device_);
   run.optimizer->load(archive);
   run.scheduler->load_state(optim::LRSchedulerState::from_json(read_json(dir + "/scheduler.json")));
   std::vector<torch::Tensor> states;
@@ -749,7 +827,8 @@ void Trainer::resume(const std::string& requested, Run& run) {
     }
   }
   state_ = TrainerState::from_json(read_json(dir + "/trainer_state.json"));
-  run.pos = Position::from_json(read_json(dir + "/remat_state.json"), dir + "/remat_state.json");
+  set_process_flags();
+  run.pos = Position::from_json(remat_state, dir + "/remat_state.json");
   logger()->info("resuming from {} at step {}", dir, state_.global_step);
 }
 
@@ -757,29 +836,61 @@ void Trainer::resume(const std::string& requested, Run& run) {
 // and backward of each, clipping, the optimizer and scheduler steps, unless
 // the step is skipped (fp16 overflow, or a non-finite loss or norm with
 // skip_nonfinite_steps). Reads one flag tensor back from the device.
+//
+// Data parallel, every rank divides its loss by the target tokens of all
+// ranks and scales it by the world size before the backward, which the
+// gradient averaging undoes, so N ranks train as one process on the
+// concatenated batch. The step's loss, the scaler's inf/NaN finding and the
+// stop flag are then summed over the ranks in one all-reduce on the device,
+// so every rank takes the same decisions.
 void Trainer::training_step(Run& run, std::vector<data::Batch>& group) {
   const int64_t step = state_.global_step + 1;
   size_t micro = 0;    // the micro-batch being run, for the out-of-memory message
   int64_t length = 0;  // its sequence length
   try {
     int64_t items = 0;
-    for (const auto& b : group) {
-      items += target_tokens(b);
-      state_.num_input_tokens_seen += input_tokens(b);
-      state_.total_flos += run.flops_per_token * static_cast<double>(b.input_ids.numel());
-      run.tokens_since_log += b.input_ids.numel();
+    if (!group_) {
+      for (const auto& b : group) {
+        items += target_tokens(b);
+        state_.num_input_tokens_seen += input_tokens(b);
+        state_.total_flos += run.flops_per_token * static_cast<double>(b.input_ids.numel());
+        run.tokens_since_log += b.input_ids.numel();
+      }
+    } else {
+      // Target tokens, input tokens and token slots of all ranks.
+      std::array<double, 3> local{};
+      for (const auto& b : group) {
+        local[0] += static_cast<double>(target_tokens(b));
+        local[1] += static_cast<double>(input_tokens(b));
+        local[2] += static_cast<double>(b.input_ids.numel());
+      }
+      auto counts = torch::tensor(at::ArrayRef<double>(local.data(), local.size()),
+                                  torch::dtype(torch::kDouble))
+                        .to(group_->device());
+      group_->all_reduce(counts).wait();
+      counts = counts.cpu();
+      const auto* total = counts.data_ptr<double>();
+      items = static_cast<int64_t>(total[0]);
+      state_.num_input_tokens_seen += static_cast<int64_t>(total[1]);
+      state_.total_flos += run.flops_per_token * total[2];
+      run.tokens_since_log += static_cast<int64_t>(total[2]);
     }
     torch::Tensor step_loss;
     for (micro = 0; micro < group.size(); ++micro) {
       const auto batch = group[micro].to(device_, /*non_blocking=*/true);
       length = batch.input_ids.dim() > 1 ? batch.input_ids.size(1) : batch.input_ids.numel();
+      // With accumulation, DDP reduces the gradients of the last micro-batch
+      // only (they hold the sum by then).
+      if (parallel_) parallel_->set_requires_gradient_sync(micro + 1 == group.size());
       torch::Tensor loss;
       {
         auto autocast = mixed_precision(args_, device_.type());
         loss = compute_loss(*model_, batch, items);
       }
       if (memory_) memory_->sample();
-      (run.scaler ? run.scaler->scale(loss) : loss).backward();
+      auto backward_loss = run.world > 1 ? loss * static_cast<double>(run.world) : loss;
+      (run.scaler ? run.scaler->scale(backward_loss) : backward_loss).backward();
+      if (parallel_) parallel_->finish_gradient_sync();
       if (memory_) memory_->sample();
       auto value = loss.detach().to(torch::kDouble);
       step_loss = step_loss.defined() ? step_loss + value : value;
@@ -789,15 +900,46 @@ void Trainer::training_step(Run& run, std::vector<data::Batch>& group) {
     }
     micro = group.size();
     if (run.scaler) run.scaler->unscale_(run.params);
-    run.grad_norm = clip_grad_norm(run.params, args_.max_grad_norm, device_);
+    if (parallel_) {
+      // The norm of all ranks' gradients (FSDP: of the shards, all-reduced).
+      run.grad_norm = parallel_->clip_grad_norm_tensor(
+          args_.max_grad_norm > 0 ? args_.max_grad_norm : std::numeric_limits<double>::infinity());
+    } else {
+      run.grad_norm = clip_grad_norm(run.params, args_.max_grad_norm, device_);
+    }
+    torch::Tensor stop;
+    if (group_) {
+      // One all-reduce (sum) of [loss, found_inf, stop]: the loss of all
+      // ranks; an inf/NaN gradient on any rank skips the step on all (torch's
+      // ShardedGradScaler reduces found_inf likewise); a stop asked on any
+      // rank (a signal, request_stop()) stops all after this step.
+      const bool stop_here = g_stop_signal.load() != 0 || stop_requested_;
+      auto opts = torch::dtype(torch::kDouble).device(group_->device());
+      auto reduced = torch::cat(
+          {step_loss.to(group_->device()).reshape({1}),
+           run.scaler ? run.scaler->found_inf().to(opts).reshape({1}) : torch::zeros({1}, opts),
+           torch::full({1}, stop_here ? 1.0 : 0.0, opts)});
+      group_->all_reduce(reduced).wait();
+      step_loss = reduced[0].to(device_);
+      if (run.scaler) {
+        const auto& found_inf = run.scaler->found_inf();
+        found_inf.copy_((reduced[1] > 0).to(found_inf.options()));
+      }
+      stop = (reduced[2] > 0).to(device_);
+    }
     // The one host synchronization of the step: is the loss finite, is the
-    // norm finite, did the scaler find no inf/NaN gradient.
+    // norm finite, did the scaler find no inf/NaN gradient (and, data
+    // parallel, did any rank ask to stop).
     std::vector<torch::Tensor> checks{step_loss.isfinite().to(device_),
                                       run.grad_norm.isfinite().to(device_)};
+    const size_t scaler_flag = checks.size();
     if (run.scaler) checks.push_back((run.scaler->found_inf() == 0).to(device_));
+    const size_t stop_flag = checks.size();
+    if (stop.defined()) checks.push_back(stop);
     const auto flags = torch::stack(checks).cpu();
     const auto* ok = flags.data_ptr<bool>();
-    const bool overflow = run.scaler != nullptr && !ok[2];
+    if (stop.defined()) run.stop_agreed = ok[stop_flag];
+    const bool overflow = run.scaler != nullptr && !ok[scaler_flag];
     // With fp16 a non-finite norm is an overflow, which the scaler handles.
     const bool nonfinite = !ok[0] || (!ok[1] && run.scaler == nullptr);
     if (nonfinite && !args_.skip_nonfinite_steps) {
@@ -811,6 +953,7 @@ void Trainer::training_step(Run& run, std::vector<data::Batch>& group) {
     const bool skip = nonfinite || overflow;
     call_callbacks([&](TrainerCallback& c) { c.on_pre_optimizer_step(args_, state_, control_); });
     if (!skip) run.optimizer->step();
+    if (parallel_) parallel_->after_optimizer_step();
     call_callbacks([&](TrainerCallback& c) { c.on_optimizer_step(args_, state_, control_); });
     // The rate this step used (transformers logs it before the scheduler step).
     run.learning_rate = run.scheduler->last_lr().front();
@@ -880,7 +1023,7 @@ void Trainer::maybe_log_save_evaluate(Run& run) {
     if (device_.is_cuda()) record["peak_memory_mib"] = max_memory_allocated(device_) >> 20;
     if (run.scaler) record["loss_scale"] = run.scaler->get_scale();
     if (run.scaler || args_.skip_nonfinite_steps) record["skipped_steps"] = run.pos.skipped_steps;
-    if (!bar_shown()) {
+    if (is_main_process() && !bar_shown()) {
       std::string extra;
       if (record.contains("mfu"))
         extra += fmt::format(" | MFU {:.1f}%", 100 * record["mfu"].get<double>());
@@ -910,10 +1053,15 @@ void Trainer::maybe_log_save_evaluate(Run& run) {
 
 // After SIGINT, SIGTERM or request_stop(): a checkpoint of where training
 // stands (unless one was just saved), and the loop ends.
+// In a distributed run the ranks act on what the step's all-reduce agreed
+// (training_step), so all of them stop after the same step.
 bool Trainer::stop_if_interrupted(Run& run) {
   const int signal = g_stop_signal.load();
-  if (signal == 0 && !stop_requested_) return false;
-  const std::string cause = signal != 0 ? signal_name(signal) : "request_stop()";
+  const bool stop = group_ ? run.stop_agreed : (signal != 0 || stop_requested_);
+  if (!stop) return false;
+  const std::string cause = signal != 0       ? signal_name(signal)
+                            : stop_requested_ ? "request_stop()"
+                                              : "a stop on another rank";
   logger()->warn("{}: stopping after step {}{}", cause, state_.global_step,
                  signal != 0 ? " (send it again to end the process at once)" : "");
   if (run.checkpoint_step != state_.global_step && state_.global_step > 0) save_checkpoint(run);
@@ -931,7 +1079,8 @@ bool Trainer::stop_if_interrupted(Run& run) {
 std::map<std::string, double> Trainer::train_metrics(const Run& run) {
   const double runtime = seconds_since(run.start_time);
   const int64_t steps = state_.global_step - run.initial_global_step;
-  const int64_t total_batch = args_.per_device_train_batch_size * args_.gradient_accumulation_steps;
+  const int64_t total_batch =
+      args_.per_device_train_batch_size * args_.gradient_accumulation_steps * run.world;
   const double planned_samples =
       args_.max_steps > 0 ? static_cast<double>(args_.max_steps * total_batch)
                           : static_cast<double>(train_dataset_->size()) * args_.num_train_epochs;
@@ -970,22 +1119,31 @@ TrainOutput Trainer::train() {
   } end_stage{memory_.get()};
   torch::manual_seed(static_cast<uint64_t>(args_.seed));
   std::filesystem::create_directories(args_.output_dir);
-  remove_abandoned_checkpoints(args_.output_dir);
+  if (is_main_process()) remove_abandoned_checkpoints(args_.output_dir);
   if (args_.gradient_checkpointing) {
     nn::gradient_checkpointing_enable(*model_, args_.gradient_checkpointing_options());
   }
   model_->train();
   stop_requested_ = false;
+  if (group_) {
+    // After checkpointing is on: FSDP checkpoints inside its units.
+    parallel_.reset();  // a second train() wraps afresh
+    parallel_ = distributed::wrap(model_, group_, args_.fsdp, args_.fsdp_config_object());
+    run.world = group_->world_size();
+  }
 
   const int64_t seed = args_.data_seed.value_or(args_.seed);
-  data::DataLoader loader(train_dataset_,
-                          data::DistributedSampler(train_dataset_->size(),
-                                                   data::DistributedSamplerOptions().seed(seed)),
-                          collator_,
-                          data::DataLoaderOptions()
-                              .batch_size(args_.per_device_train_batch_size)
-                              .drop_last(args_.dataloader_drop_last)
-                              .num_workers(std::max<int64_t>(args_.dataloader_num_workers, 1)));
+  data::DataLoader loader(
+      train_dataset_,
+      data::DistributedSampler(
+          train_dataset_->size(),
+          data::DistributedSamplerOptions().seed(seed).num_replicas(run.world).rank(
+              group_ ? group_->rank() : 0)),
+      collator_,
+      data::DataLoaderOptions()
+          .batch_size(args_.per_device_train_batch_size)
+          .drop_last(args_.dataloader_drop_last)
+          .num_workers(std::max<int64_t>(args_.dataloader_num_workers, 1)));
   const int64_t accumulation = args_.gradient_accumulation_steps;
   run.batches = loader.size();
   TORCH_CHECK(run.batches > 0, "Trainer::train: no batch of ", args_.per_device_train_batch_size,
@@ -996,12 +1154,15 @@ TrainOutput Trainer::train() {
                         : static_cast<int64_t>(std::ceil(args_.num_train_epochs * steps_per_epoch));
   run.epochs = (run.total_steps + steps_per_epoch - 1) / steps_per_epoch;
 
-  auto optimizer = optim::create_adamw(*model_,
-                                       torch::optim::AdamWOptions(args_.learning_rate)
-                                           .betas({args_.adam_beta1, args_.adam_beta2})
-                                           .eps(args_.adam_epsilon)
-                                           .weight_decay(args_.weight_decay),
-                                       optim::adamw_implementation(args_.optim));
+  const auto adamw = torch::optim::AdamWOptions(args_.learning_rate)
+                         .betas({args_.adam_beta1, args_.adam_beta2})
+                         .eps(args_.adam_epsilon)
+                         .weight_decay(args_.weight_decay);
+  const auto implementation = optim::adamw_implementation(args_.optim);
+  // Under FSDP the optimizer steps the local shards: its state is sharded.
+  auto optimizer = parallel_
+                       ? optim::AdamW(parallel_->parameter_groups(adamw), adamw, implementation)
+                       : optim::create_adamw(*model_, adamw, implementation);
   optim::LRScheduler scheduler(
       optimizer, optim::LRSchedulerOptions(args_.lr_scheduler_type)
                      .num_warmup_steps(warmup_steps(args_.warmup_steps, run.total_steps))
@@ -1012,7 +1173,7 @@ TrainOutput Trainer::train() {
   run.optimizer = &optimizer;
   run.scheduler = &scheduler;
   run.scaler = scaler ? &*scaler : nullptr;
-  for (const auto& p : model_->parameters()) {
+  for (const auto& p : parallel_ ? parallel_->parameters() : model_->parameters()) {
     if (p.requires_grad()) run.params.push_back(p);
   }
   run.flops_per_token = 6.0 * static_cast<double>(non_embedding_parameters(*model_));
@@ -1027,6 +1188,7 @@ TrainOutput Trainer::train() {
   auto history = std::move(state_.log_history);
   state_ = TrainerState();
   state_.log_history = std::move(history);
+  set_process_flags();
   if (args_.resume_from_checkpoint) resume(*args_.resume_from_checkpoint, run);
   state_.max_steps = run.total_steps;
   state_.num_train_epochs = run.epochs;
@@ -1039,12 +1201,18 @@ TrainOutput Trainer::train() {
   run.loss_since_log =
       torch::full({}, run.pos.loss_since_log, torch::dtype(torch::kDouble).device(device_));
 
-  logger()->info(
-      "training: {} examples, {} epochs, {} optimizer steps, batch {} x {} accumulation, "
-      "gradient checkpointing {}, {}, on {}",
-      train_dataset_->size(), run.epochs, run.total_steps, args_.per_device_train_batch_size,
-      accumulation, args_.gradient_checkpointing ? "on" : "off",
-      args_.bf16 ? "bf16" : (args_.fp16 ? "fp16 with loss scaling" : "fp32"), device_.str());
+  if (is_main_process()) {
+    logger()->info(
+        "training: {} examples, {} epochs, {} optimizer steps, batch {} x {} accumulation{}, "
+        "gradient checkpointing {}, {}, on {}",
+        train_dataset_->size(), run.epochs, run.total_steps, args_.per_device_train_batch_size,
+        accumulation,
+        group_ ? " x " + std::to_string(run.world) + " ranks (" +
+                     (parallel_->sharded_optimizer_state() ? "FSDP" : "DDP") + ")"
+               : std::string(),
+        args_.gradient_checkpointing ? "on" : "off",
+        args_.bf16 ? "bf16" : (args_.fp16 ? "fp16 with loss scaling" : "fp32"), device_.str());
+  }
   if (state_.is_world_process_zero) {
     // The memory plan for the longest sequence among the first examples.
     size_t seq_len = 1;
@@ -1112,7 +1280,12 @@ TrainOutput Trainer::train() {
   if (!run.interrupted) {
     json record(result.metrics);
     log(record);
-    save_model(args_.output_dir);
+    save_model_files(args_.output_dir);
+  }
+  if (parallel_) {
+    // Leave every rank with the whole trained model, unwrapped.
+    parallel_->gather_full_parameters();
+    parallel_.reset();
   }
   call_callbacks([&](TrainerCallback& c) { c.on_train_end(args_, state_, control_); });
   return result;
@@ -1131,11 +1304,19 @@ std::map<std::string, double> Trainer::evaluate() {
   } end_stage{memory_.get()};
   const bool was_training = model_->is_training();
   model_->eval();
+  // Data parallel: each rank evaluates its shard (the shards are padded to
+  // one size by repeating examples, as torch's DistributedSampler does).
   data::DataLoader loader(
       eval_dataset_,
       data::DistributedSampler(eval_dataset_->size(),
-                               data::DistributedSamplerOptions().shuffle(false)),
+                               data::DistributedSamplerOptions()
+                                   .shuffle(false)
+                                   .num_replicas(group_ ? group_->world_size() : 1)
+                                   .rank(group_ ? group_->rank() : 0)),
       collator_, data::DataLoaderOptions().batch_size(args_.per_device_eval_batch_size));
+  // FSDP's forward gathers parameters with the other ranks: every rank runs
+  // every batch, even one without targets.
+  const bool collective_forward = parallel_ && parallel_->sharded_optimizer_state();
   // Summed on the device; read back once at the end.
   auto loss_sum = torch::zeros({}, torch::dtype(torch::kDouble).device(device_));
   int64_t tokens = 0, batches = 0;
@@ -1144,9 +1325,13 @@ std::map<std::string, double> Trainer::evaluate() {
     for (const auto& batch : loader.epoch(0)) {
       const int64_t items = target_tokens(batch);
       ++batches;
-      if (items == 0) continue;
+      if (items == 0 && !collective_forward) continue;
       auto b = batch.to(device_, /*non_blocking=*/true);
       auto autocast = mixed_precision(args_, device_.type());
+      if (items == 0) {
+        compute_loss(*model_, b, 1);
+        continue;
+      }
       // compute_loss divides by its count: scale back to a sum.
       loss_sum +=
           compute_loss(*model_, b, items).detach().to(torch::kDouble) * static_cast<double>(items);
@@ -1155,8 +1340,21 @@ std::map<std::string, double> Trainer::evaluate() {
     }
   }
   if (was_training) model_->train();
+  double loss_total = 0;
+  if (group_) {
+    // The loss and target tokens of all ranks, in one all-reduce.
+    auto sums = torch::stack({loss_sum.to(group_->device()),
+                              torch::full({}, static_cast<double>(tokens),
+                                          torch::dtype(torch::kDouble).device(group_->device()))});
+    group_->all_reduce(sums).wait();
+    sums = sums.cpu();
+    loss_total = sums[0].item<double>();
+    tokens = static_cast<int64_t>(sums[1].item<double>());
+  } else if (tokens > 0) {
+    loss_total = loss_sum.item<double>();
+  }
   TORCH_CHECK(tokens > 0, "Trainer::evaluate: the eval dataset has no target tokens");
-  const double loss = loss_sum.item<double>() / tokens;
+  const double loss = loss_total / tokens;
   std::map<std::string, double> metrics{{"eval_loss", loss}, {"perplexity", std::exp(loss)}};
   const double runtime = seconds_since(start);
   metrics["eval_runtime"] = round_to(runtime, 4);
@@ -1167,7 +1365,9 @@ std::map<std::string, double> Trainer::evaluate() {
   }
   if (memory_) memory_->stop_and_update("eval", metrics);
   // With the bar drawn, the record itself is printed above it (on_log).
-  if (!bar_shown()) logger()->info("eval | loss {:.4f} | perplexity {:.3f}", loss, std::exp(loss));
+  if (is_main_process() && !bar_shown()) {
+    logger()->info("eval | loss {:.4f} | perplexity {:.3f}", loss, std::exp(loss));
+  }
   log(json(metrics));
   control_.should_evaluate = false;
   call_callbacks([&](TrainerCallback& c) { c.on_evaluate(args_, state_, control_, metrics); });

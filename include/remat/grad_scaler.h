@@ -58,7 +58,9 @@ class GradScaler {
 
   /// Whether the gradients unscale_() saw held an inf or NaN, as a float32
   /// scalar tensor on the scale's device (0: none); undefined before
-  /// unscale_().
+  /// unscale_(). Data-parallel training overwrites it in place with the
+  /// finding of all ranks before step() and update(), so every rank skips
+  /// the same steps and keeps the same scale.
   const torch::Tensor& found_inf() const { return found_inf_; }
 
   /// Unscales the gradients unless unscale_() ran this step, then runs

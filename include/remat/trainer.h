@@ -28,6 +28,13 @@
 /// process at once. Failures name the step: a non-finite loss or gradient
 /// norm (or, with skip_nonfinite_steps, the step is skipped and counted), and
 /// out-of-memory errors say what to change.
+///
+/// Started by torchrun (WORLD_SIZE set), the Trainer joins a process group
+/// and trains data parallel: DDP, or FSDP when `fsdp` is set (see
+/// docs/distributed.md). Every rank runs the same loop on its shard of the
+/// data; rank 0 logs, writes log.jsonl and saves, and the callbacks see
+/// state().is_world_process_zero. A stop (SIGINT, SIGTERM, request_stop())
+/// on any rank stops all of them after the same step.
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -46,6 +53,11 @@
 namespace remat {
 
 class ProgressCallback;
+
+namespace distributed {
+class ProcessGroup;
+class DataParallel;
+}  // namespace distributed
 
 /// What Trainer::train() returns (transformers' TrainOutput, plus how the
 /// run ended).
@@ -103,11 +115,16 @@ class Trainer {
   /// Writes the model into `output_dir` (a Hugging Face directory for remat's
   /// causal LMs, else `model.pt`): the final model, and the model part of
   /// every checkpoint. Override to save a custom module differently (resume
-  /// then needs a matching `model.pt` or Hugging Face directory).
+  /// then needs a matching `model.pt` or Hugging Face directory). In a
+  /// distributed run the Trainer calls it on rank 0 only, with the full
+  /// parameters gathered.
   virtual void save_model(const std::string& output_dir) const;
 
   /// Asks train() to stop as SIGINT does: after the current optimizer step,
-  /// with a checkpoint. Safe to call from any thread, or from a callback.
+  /// with a checkpoint. Safe to call from any thread, or from a callback. In
+  /// a distributed run the ranks agree on the stop once per step, when their
+  /// gradients are reduced: a request made after that (from on_step_end, say)
+  /// stops all ranks after the next step.
   void request_stop() { stop_requested_ = true; }
 
   /// Registers a callback after those already there.
@@ -128,6 +145,11 @@ class Trainer {
   const TrainingArguments& args() const { return args_; }
   const torch::Device& device() const { return device_; }
 
+  /// The process group when the process was started by torchrun (WORLD_SIZE
+  /// set), else null. Training then is data parallel: DDP, or FSDP when
+  /// `fsdp` is set; rank 0 logs and saves.
+  const std::shared_ptr<distributed::ProcessGroup>& process_group() const { return group_; }
+
  private:
   struct Position;
   struct Run;
@@ -143,6 +165,14 @@ class Trainer {
   void save_checkpoint(Run& run);
   void resume(const std::string& dir, Run& run);
   void load_model(const std::string& dir);
+  // save_model() of the full model: gathered under FSDP, written by rank 0
+  // (the others wait).
+  void save_model_files(const std::string& dir);
+  // optimizer.pt, or optimizer.rank<r>.pt where the optimizer state is
+  // sharded (FSDP).
+  std::string optimizer_file() const;
+  bool is_main_process() const;
+  void set_process_flags();
   std::map<std::string, double> train_metrics(const Run& run);
 
   std::shared_ptr<torch::nn::Module> model_;
@@ -161,6 +191,11 @@ class Trainer {
   void say(const std::string& line) const;
   bool bar_shown() const;
   std::atomic<bool> stop_requested_{false};
+  std::shared_ptr<distributed::ProcessGroup> group_;
+  std::shared_ptr<distributed::DataParallel> parallel_;
+  // The process id in the name of the temporary checkpoint directory: rank
+  // 0's, the same on every rank (they all write into it).
+  int64_t checkpoint_pid_ = 0;
 };
 
 }  // namespace remat

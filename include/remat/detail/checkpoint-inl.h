@@ -82,8 +82,11 @@ torch::nn::Module& module_of(M& module) {
   return *module;
 }
 
-template <typename M, typename... Args>
-auto checkpoint_forward(M& module, const CheckpointOptions& options, const Args&... args) {
+// Packs `module->forward(args...)` into a region (tensor arguments become
+// its inputs) and hands it to `run(fn, inputs, params)`, which either
+// checkpoints it or runs it some other way (an FSDP unit).
+template <typename M, typename Run, typename... Args>
+auto region_forward(M& module, Run&& run, const Args&... args) {
   using Result = std::decay_t<decltype(module->forward(args...))>;
   std::tuple<std::decay_t<Args>...> stored(args...);
   std::vector<torch::Tensor> inputs;
@@ -99,9 +102,19 @@ auto checkpoint_forward(M& module, const CheckpointOptions& options, const Args&
     return to_tensor_vector(
         std::apply([&](auto&... a) { return module->forward(a...); }, call_args));
   };
-  auto outputs =
-      checkpoint_region(std::move(fn), inputs, trainable_parameters(module_of(module)), options);
+  auto outputs = run(std::move(fn), inputs, trainable_parameters(module_of(module)));
   return from_tensor_vector<Result>(std::move(outputs));
+}
+
+template <typename M, typename... Args>
+auto checkpoint_forward(M& module, const CheckpointOptions& options, const Args&... args) {
+  return region_forward(
+      module,
+      [&options](RegionFn fn, const std::vector<torch::Tensor>& inputs,
+                 const std::vector<torch::Tensor>& params) {
+        return checkpoint_region(std::move(fn), inputs, params, options);
+      },
+      args...);
 }
 
 template <typename M, typename Tuple, size_t... Is>

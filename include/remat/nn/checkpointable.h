@@ -62,6 +62,16 @@ namespace detail {
 struct CheckpointingPlan;
 }  // namespace detail
 
+/// Runs a block's call in place of nn::forward's own logic: given the call as
+/// a region (`fn` over the tensor arguments `inputs`), the block's trainable
+/// `params` and whether the block is checkpointing whole, returns the
+/// outputs. Sharded data parallelism (remat::distributed::FullyShardedDataParallel)
+/// installs one per unit to gather the unit's parameters around the call and
+/// to apply checkpointing inside the unit.
+using BlockRunner = std::function<std::vector<torch::Tensor>(
+    RegionFn fn, const std::vector<torch::Tensor>& inputs, const std::vector<torch::Tensor>& params,
+    bool checkpoint)>;
+
 /// Base class for a block that gradient checkpointing can mark. It adds no
 /// parameters and no behaviour until gradient_checkpointing_enable() marks it.
 class CheckpointableModule : public torch::nn::Module {
@@ -89,9 +99,16 @@ class CheckpointableModule : public torch::nn::Module {
   /// warning once per model (not once per step).
   bool resolve_use_cache(bool use_cache) const;
 
+  /// Routes this block's nn::forward calls through `runner` (nullptr: the
+  /// default behaviour).
+  void set_block_runner(BlockRunner runner) { runner_ = std::move(runner); }
+  /// The runner set by set_block_runner(), or nullptr.
+  const BlockRunner& block_runner() const { return runner_; }
+
  private:
   friend void set_plan(CheckpointableModule&, std::shared_ptr<detail::CheckpointingPlan>);
   std::shared_ptr<detail::CheckpointingPlan> plan_;
+  BlockRunner runner_;
 };
 
 /// Marks the checkpointable blocks under `root` (root included) as
@@ -106,9 +123,20 @@ void gradient_checkpointing_disable(torch::nn::Module& root);
 bool is_gradient_checkpointing(const torch::nn::Module& root);
 
 /// Runs `block->forward(args...)`, through remat::checkpoint() while the
-/// block is checkpointing whole (see CheckpointableModule::checkpoints).
+/// block is checkpointing whole (see CheckpointableModule::checkpoints), or
+/// through the block's runner when one is set (see set_block_runner).
 template <typename M, typename... Args>
 auto forward(M& block, Args&&... args) {
+  if (const auto& runner = block->block_runner()) {
+    const bool whole = block->checkpoints(Granularity::kBlock);
+    return remat::detail::region_forward(
+        block,
+        [&runner, whole](RegionFn fn, const std::vector<torch::Tensor>& inputs,
+                         const std::vector<torch::Tensor>& params) {
+          return runner(std::move(fn), inputs, params, whole);
+        },
+        args...);
+  }
   if (block->checkpoints(Granularity::kBlock)) {
     return remat::checkpoint(block, std::forward<Args>(args)..., block->checkpoint_options());
   }
