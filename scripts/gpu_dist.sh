@@ -30,6 +30,10 @@ echo "gpu_dist: $gpus GPU(s); world sizes: $worlds" | tee "$out/dist/worlds.txt"
 
 status=0
 port=29611
+# Each run's log and JSON stay in $work; OUTDIR/dist gets summary.jsonl and
+# dist.log (the end of every run's log), so a whole run is two files.
+work=$(mktemp -d /tmp/remat-gpu-dist.XXXXXX)
+: >"$out/dist/dist.log"
 # GPT-2 124M shape (12 x 768, vocab 50304), batch 8 x 1024 per rank, bf16.
 for world in $worlds; do
   for dp in ddp full_shard shard_grad_op; do
@@ -37,14 +41,15 @@ for world in $worlds; do
       name="$dp-ckpt$ckpt-w$world"
       port=$((port + 1))
       timeout 900 "$torchrun" --no-python --nproc-per-node "$world" --master-addr 127.0.0.1 \
-        --master-port "$port" "$worker" bench "$out/dist" --dp "$dp" --checkpointing "$ckpt" \
+        --master-port "$port" "$worker" bench "$work" --dp "$dp" --checkpointing "$ckpt" \
         --layers 12 --dim 768 --heads 12 --vocab 50304 --batch 8 --seq 1024 --steps 20 \
-        --warmup 5 >"$out/dist/$name.log" 2>&1 || { echo "gpu_dist: $name failed"; status=1; }
-      tail -n 2 "$out/dist/$name.log"
+        --warmup 5 >"$work/$name.log" 2>&1 || { echo "gpu_dist: $name failed"; status=1; }
+      { echo "== $name"; tail -n 20 "$work/$name.log"; } >>"$out/dist/dist.log"
+      tail -n 2 "$work/$name.log"
     done
   done
 done
-python3 - "$out/dist" >"$out/dist/summary.jsonl" <<'PY' || status=1
+python3 - "$work" >"$out/dist/summary.jsonl" <<'PY' || status=1
 import glob, json, os, sys
 for path in sorted(glob.glob(os.path.join(sys.argv[1], "bench-*.json"))):
     with open(path) as f:
