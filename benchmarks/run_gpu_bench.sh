@@ -56,17 +56,8 @@ has() { [[ ",$jobs," == *",$1,"* ]]; }
 if has remat; then
   bench="$build/benchmarks/remat-bench"
   if [ ! -f "$build/CMakeCache.txt" ]; then
-    prefix=${CMAKE_PREFIX_PATH:-$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)')}
-    if [ -d "$root/.deps/onig/usr/include" ] && [ ! -f /usr/include/oniguruma.h ]; then
-      onig=/tmp/remat-deps/onig
-      rm -rf "$onig" && mkdir -p "$onig/lib"
-      cp -r "$root/.deps/onig/usr/include" "$onig/include"
-      ln -sf "$(ls /usr/lib/x86_64-linux-gnu/libonig.so.* | head -n 1)" "$onig/lib/libonig.so"
-      prefix="$prefix;$onig"
-    fi
-    if [ -d "$root/.deps/utf8proc/usr/include" ] && [ ! -f /usr/include/utf8proc.h ]; then
-      prefix="$prefix;$root/.deps/utf8proc/usr"
-    fi
+    source "$root/scripts/gpu_prefix.sh"
+    prefix=$(remat_gpu_prefix "$root" "$python")
     mkdir -p "$build"
     cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
       -DPython3_EXECUTABLE="$(command -v "$python")" >"$build/configure.log" 2>&1 ||

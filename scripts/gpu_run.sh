@@ -25,27 +25,8 @@ export REMAT_BUILD_DIR=$build
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 has() { [[ ",$jobs," == *",$1,"* ]]; }
-prefix=${CMAKE_PREFIX_PATH:-$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')}
-
-# A machine with the Oniguruma runtime but without its development files:
-# .deps/onig holds the unpacked libonig-dev package (headers and the
-# unversioned library link), pointed at the installed runtime here.
-if [ -d "$root/.deps/onig/usr/include" ] && [ ! -f /usr/include/oniguruma.h ]; then
-  onig=/tmp/remat-deps/onig
-  rm -rf "$onig" && mkdir -p "$onig/lib"
-  cp -r "$root/.deps/onig/usr/include" "$onig/include"
-  ln -sf "$(ls /usr/lib/x86_64-linux-gnu/libonig.so.* | head -n 1)" "$onig/lib/libonig.so"
-  prefix="$prefix;$onig"
-fi
-# Likewise utf8proc (.deps/utf8proc: the unpacked runtime and -dev packages).
-if [ -d "$root/.deps/utf8proc/usr/include" ] && [ ! -f /usr/include/utf8proc.h ]; then
-  prefix="$prefix;$root/.deps/utf8proc/usr"
-fi
-# The Gloo headers (.deps/gloo: the unpacked libgloo-dev package) are found by
-# CMakeLists.txt itself; only headers are needed, no library.
-if [ ! -f /usr/include/gloo/algorithm.h ] && [ ! -d "$root/.deps/gloo/usr/include/gloo" ]; then
-  echo "gpu_run: no Gloo headers: install libgloo-dev or unpack it into .deps/gloo" >&2
-fi
+source "$root/scripts/gpu_prefix.sh"
+prefix=$(remat_gpu_prefix "$root" python3)
 # Python wheels the benchmark anchors need (accelerate for the Hugging Face
 # Trainer), for a machine without network.
 if [ -d "$root/.deps/wheels" ] && ! python3 -c 'import accelerate' >/dev/null 2>&1; then
