@@ -518,6 +518,15 @@ int run(int argc, char** argv) {
     eval_docs.resize(static_cast<size_t>(o.max_eval_generations));
   }
 
+  remat::Trainer trainer(model, args, train_set, eval_set);
+  const torch::Device device = trainer.device();
+  // Under torchrun every rank runs this program: all of them train and
+  // evaluate (collectives), only rank 0 prints and writes files.
+  const bool primary = trainer.state().is_world_process_zero;
+  if (!primary) {
+    remat::logger()->set_level(spdlog::level::warn);
+    std::cout.rdbuf(nullptr);  // discards what this rank would print
+  }
   int64_t params = 0;
   for (const auto& p : model->parameters()) params += p.numel();
   remat::logger()->info(
@@ -527,8 +536,6 @@ int run(int argc, char** argv) {
       train_set->size(), train_set->num_tokens(),
       embedded ? fmt::format(" (embedded default: {}-digit addition)", o.task_digits) : "");
 
-  remat::Trainer trainer(model, args, train_set, eval_set);
-  const torch::Device device = trainer.device();
   auto measure = [&](const char* when) {
     Evaluation m;
     m.loss = eval_set ? trainer.evaluate().at("eval_loss") : std::nan("");
@@ -538,10 +545,12 @@ int run(int argc, char** argv) {
                           eval_docs.size());
     return m;
   };
-  make_directories(args.output_dir);
-  args.to_json_file(args.output_dir + "/training_args.json");
+  if (primary) {
+    make_directories(args.output_dir);
+    args.to_json_file(args.output_dir + "/training_args.json");
+  }
   auto before = measure("before");
-  append_jsonl(args, before.to_json(0));
+  if (primary) append_jsonl(args, before.to_json(0));
 
   const auto start = std::chrono::steady_clock::now();
   const auto result = trainer.train();
@@ -559,14 +568,14 @@ int run(int argc, char** argv) {
   const int64_t peak = peak_memory_bytes(device);
 
   auto after = measure("after");
-  append_jsonl(args, after.to_json(result.global_step));
+  if (primary) append_jsonl(args, after.to_json(result.global_step));
 
   // The Trainer saved config.json and the weights (plus the tokenizer of a
   // from_pretrained directory); the tokenizer of the other cases goes with them.
-  if (embedded) {
+  if (primary && embedded) {
     write_file(args.output_dir + "/tokenizer.json", remat_finetune::kTokenizerJson);
     write_file(args.output_dir + "/tokenizer_config.json", remat_finetune::kTokenizerConfigJson);
-  } else if (tokenizer_dir != o.model_name_or_path) {
+  } else if (primary && tokenizer_dir != o.model_name_or_path) {
     copy_tokenizer_files(tokenizer_dir, args.output_dir);
   }
 
@@ -627,7 +636,7 @@ int run(int argc, char** argv) {
                             {"prompt", prompt},
                             {"sample", sample},
                             {"checkpointing_tradeoff", table}};
-  write_file(args.output_dir + "/results.json", results.dump(2) + "\n");
+  if (primary) write_file(args.output_dir + "/results.json", results.dump(2) + "\n");
 
   std::cout << "\n";
   std::cout << fmt::format("{:<22}{:>12}{:>12}\n", "", "before", "after");
