@@ -3,7 +3,7 @@
 // throughput, MFU, peak memory and the final loss (the policies must train
 // the same). Presets match the anchor tables of docs/benchmarks.md:
 //
-//   remat-bench --preset gpt2-124m --bf16 --policy none,full,every-2,attention,mlp \
+//   remat-bench --preset gpt2-124m --bf16 --policy none,full,every-2,attention,mlp,mlp-up \
 //       --json gpt2.json
 //   remat-bench --preset llama-0.85b --bf16 --policy none,full --json llama.json
 //   remat-bench --preset tiny --steps 3 --warmup 1          # CPU smoke run
@@ -167,6 +167,7 @@ Policy parse_policy(const std::string& name) {
   if (name == "full") return {name, o};
   if (name == "attention") return {name, o.granularity(Granularity::kAttention)};
   if (name == "mlp") return {name, o.granularity(Granularity::kMlp)};
+  if (name == "mlp-up") return {name, o.granularity(Granularity::kMlpUp)};
   if (name.rfind("every-", 0) == 0) {
     try {
       size_t used = 0;
@@ -176,8 +177,8 @@ Policy parse_policy(const std::string& name) {
     }
   }
   throw CLI::ValidationError("--policy",
-                             "must be none, full, every-N (N >= 1), attention or "
-                             "mlp, got \"" +
+                             "must be none, full, every-N (N >= 1), attention, mlp "
+                             "or mlp-up, got \"" +
                                  name + "\"");
 }
 
@@ -204,7 +205,9 @@ double activation_floor_bytes(const Shape& s, const Policy& p, bool bf16) {
                       s.batch * s.seq, std::max<int64_t>(1, (int64_t{1} << 25) / s.vocab))) *
                       static_cast<double>(s.vocab) * (4.0 + a);
   if (p.name == "none") return static_cast<double>(s.layers) * layer + loss;
-  if (p.name == "attention" || p.name == "mlp") {
+  // mlp-up replays what mlp does, less the output projection, whose input
+  // it also frees: the same floor.
+  if (p.name == "attention" || p.name == "mlp" || p.name == "mlp-up") {
     const double sub = p.name == "attention" ? attention : mlp;
     return static_cast<double>(s.layers) * (layer - sub) + sub + loss;
   }
@@ -390,8 +393,9 @@ int main(int argc, char** argv) {
   app.add_option("--seq", seq, "tokens per sequence")->check(CLI::PositiveNumber);
   app.add_option("--steps", steps, "timed optimizer steps")->check(CLI::PositiveNumber);
   app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
-  app.add_option("--policy", policies,
-                 "comma-separated: none, full, every-N, attention, mlp (default none,full)");
+  app.add_option(
+      "--policy", policies,
+      "comma-separated: none, full, every-N, attention, mlp, mlp-up (default none,full)");
   app.add_flag("--bf16", bf16, "bf16 autocast, as TrainingArguments.bf16");
   app.add_flag("--plain_loss", plain_loss,
                "compute the loss from the full logits (return_logits) instead of chunk by chunk");

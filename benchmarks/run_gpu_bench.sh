@@ -69,7 +69,7 @@ if has remat; then
   rm -f "$out"/remat.json.*
   for preset in $presets; do
     run "remat $preset" "$bench" --preset "$preset" --bf16 --steps "$steps" --warmup "$warmup" \
-      --policy none,full,every-2,attention,mlp --json "$out/remat.json.$preset"
+      --policy none,full,every-2,attention,mlp,mlp-up --json "$out/remat.json.$preset"
   done
   # Before/after: the loss from the full logits with the multi-tensor AdamW,
   # and the multi-tensor AdamW alone.

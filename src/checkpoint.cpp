@@ -125,7 +125,23 @@ struct Region : torch::CustomClassHolder {
   std::optional<RngState> rng;
   AutocastState autocast;
   std::vector<TensorMeta> outputs;
+  // checkpoint_without_output: the replay its hook made before the consumer's
+  // backward (inputs with grad on, outputs with their graph), which the
+  // region's backward uses instead of replaying again.
+  bool early = false;
+  std::vector<torch::Tensor> early_inputs, early_outputs;
+  bool backward_ran = false;
 };
+
+// Replays the region on `inputs` with the forward's RNG and autocast state;
+// `grad` says whether to record the graph.
+std::vector<torch::Tensor> replay(const Region& region, const std::vector<torch::Tensor>& inputs,
+                                  bool grad) {
+  RngReplayGuard rng(region.rng ? &*region.rng : nullptr, region.cuda_devices);
+  AutocastGuard autocast(region.autocast);
+  torch::AutoGradMode grad_mode(grad);
+  return region.fn(inputs);
+}
 
 constexpr const char* kRegionKey = "remat.region";
 
@@ -225,19 +241,30 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     // grad mode; the replay then runs on the saved inputs themselves, so the
     // gradients it returns stay connected to the caller's graph.
     const bool create_graph = torch::GradMode::is_enabled();
+    const bool early = region->early && !create_graph;
+    region->backward_ran = true;
     std::vector<torch::Tensor> inputs;
-    inputs.reserve(n);
+    std::vector<torch::Tensor> outputs;
+    if (early) {
+      inputs = std::move(region->early_inputs);
+      outputs = std::move(region->early_outputs);
+    }
+    region->early = false;
+    region->early_inputs.clear();
+    region->early_outputs.clear();
     std::vector<torch::Tensor> targets;
     std::vector<size_t> target_slots;
     for (size_t i = 0; i < n; ++i) {
       const bool wanted = region->input_requires_grad[i] && ctx->needs_input_grad(i);
-      auto x = create_graph && wanted ? saved[i] : saved[i].detach();
+      if (!early) {
+        auto x = create_graph && wanted ? saved[i] : saved[i].detach();
+        if (wanted && !create_graph) x.requires_grad_(true);
+        inputs.push_back(std::move(x));
+      }
       if (wanted) {
-        if (!create_graph) x.requires_grad_(true);
-        targets.push_back(x);
+        targets.push_back(inputs[i]);
         target_slots.push_back(i);
       }
-      inputs.push_back(std::move(x));
     }
     std::vector<torch::Tensor> params;
     for (size_t i = n; i < total; ++i) {
@@ -248,13 +275,7 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     }
     if (targets.empty()) return grads;
 
-    std::vector<torch::Tensor> outputs;
-    {
-      RngReplayGuard rng(region->rng ? &*region->rng : nullptr, region->cuda_devices);
-      AutocastGuard autocast(region->autocast);
-      torch::AutoGradMode grad_mode(true);
-      outputs = region->fn(inputs);
-    }
+    if (!early) outputs = replay(*region, inputs, /*grad=*/true);
     if (region->options.determinism_check() == "default") check_replay_outputs(*region, outputs);
     if (region->options.check_params()) {
       std::vector<torch::Tensor> allowed(inputs.begin(), inputs.end());
@@ -305,6 +326,99 @@ void validate(const CheckpointOptions& options, const std::vector<torch::Tensor>
   }
 }
 
+// checkpoint_without_output's state: the region's outputs, whose memory is
+// freed after the consumer ran and put back by the hook below.
+struct DiscardedOutputs {
+  c10::intrusive_ptr<Region> region;
+  std::vector<torch::Tensor> inputs;
+  std::vector<torch::Tensor> outputs;
+  std::vector<size_t> nbytes;  // per output: its storage's size, 0 = not freed
+  bool restored = false;
+};
+
+bool shares_storage(const torch::Tensor& t, const std::vector<torch::Tensor>& others) {
+  for (const auto& o : others) {
+    if (o.defined() && o.has_storage() && t.storage().is_alias_of(o.storage())) return true;
+  }
+  return false;
+}
+
+// Frees the memory of the outputs nobody else should read: each output's
+// storage keeps its identity (the consumer's saved tensors point at it) but
+// loses its data until restore() allocates it again.
+void discard(DiscardedOutputs& state, const std::vector<torch::Tensor>& params,
+             const std::vector<torch::Tensor>& results) {
+  std::vector<const c10::StorageImpl*> seen;
+  for (const auto& out : state.outputs) {
+    state.nbytes.push_back(0);
+    if (!out.has_storage()) continue;
+    auto* impl = out.storage().unsafeGetStorageImpl();
+    const bool duplicate = std::find(seen.begin(), seen.end(), impl) != seen.end();
+    if (duplicate || impl->allocator() == nullptr || impl->nbytes() == 0 ||
+        shares_storage(out, state.inputs) || shares_storage(out, params) ||
+        shares_storage(out, results)) {
+      continue;
+    }
+    seen.push_back(impl);
+    state.nbytes.back() = impl->nbytes();
+    impl->set_data_ptr_noswap(c10::DataPtr(nullptr, impl->device()));
+    impl->set_nbytes(0);
+  }
+}
+
+// Replays the region (recording its graph for the region's backward, unless
+// that already ran) and writes its outputs back into the freed tensors.
+void restore(DiscardedOutputs& state) {
+  if (state.restored) return;
+  state.restored = true;
+  auto& region = *state.region;
+  const bool grad = !region.backward_ran;
+  std::vector<torch::Tensor> inputs;
+  for (size_t i = 0; i < state.inputs.size(); ++i) {
+    auto x = state.inputs[i].detach();
+    if (grad && region.input_requires_grad[i]) x.requires_grad_(true);
+    inputs.push_back(std::move(x));
+  }
+  auto outputs = replay(region, inputs, grad);
+  if (region.options.determinism_check() == "default") check_replay_outputs(region, outputs);
+  torch::NoGradGuard no_grad;
+  for (size_t k = 0; k < state.outputs.size(); ++k) {
+    if (state.nbytes[k] == 0) continue;
+    const auto& out = state.outputs[k];
+    auto* impl = out.storage().unsafeGetStorageImpl();
+    impl->set_data_ptr_noswap(impl->allocator()->allocate(state.nbytes[k]));
+    impl->set_nbytes(state.nbytes[k]);
+  }
+  for (size_t k = 0; k < state.outputs.size(); ++k) {
+    const auto& out = state.outputs[k];
+    if (!out.has_storage() || out.storage().nbytes() == 0) continue;
+    // A fresh tensor over the same memory: writing through it leaves the
+    // version counter the consumer's saved tensors check untouched.
+    auto alias = torch::empty({0}, out.options());
+    alias.set_(out.storage(), out.storage_offset(), out.sizes(), out.strides());
+    alias.copy_(outputs[k]);
+  }
+  if (grad) {
+    region.early = true;
+    region.early_inputs = std::move(inputs);
+    region.early_outputs = std::move(outputs);
+  }
+  state.outputs.clear();
+  state.inputs.clear();
+}
+
+class RestoreOutputsHook : public torch::autograd::FunctionPreHook {
+ public:
+  explicit RestoreOutputsHook(std::shared_ptr<DiscardedOutputs> state) : state_(std::move(state)) {}
+  variable_list operator()(const variable_list& grads) override {
+    restore(*state_);
+    return grads;
+  }
+
+ private:
+  std::shared_ptr<DiscardedOutputs> state_;
+};
+
 }  // namespace
 
 std::vector<torch::Tensor> checkpoint_region(RegionFn fn, const std::vector<torch::Tensor>& inputs,
@@ -333,4 +447,39 @@ std::vector<torch::Tensor> checkpoint_region(RegionFn fn, const std::vector<torc
 }
 
 }  // namespace detail
+
+std::vector<torch::Tensor> checkpoint_without_output(RegionFn region,
+                                                     const std::vector<torch::Tensor>& inputs,
+                                                     const std::vector<torch::Tensor>& params,
+                                                     RegionFn consumer,
+                                                     const CheckpointOptions& options) {
+  using namespace detail;
+  TORCH_CHECK(region && consumer,
+              "remat::checkpoint_without_output: the region and the consumer must be callables");
+  auto outputs = checkpoint_region(std::move(region), inputs, params, options);
+  auto node = outputs.empty() ? nullptr : outputs.front().grad_fn();
+  auto* function = dynamic_cast<torch::autograd::CppNode<CheckpointFunction>*>(node.get());
+  auto results = consumer(outputs);
+  if (function == nullptr) return results;  // not recorded: no grad mode or nothing to train
+
+  auto state = std::make_shared<DiscardedOutputs>();
+  state->region = c10::static_intrusive_pointer_cast<Region>(
+      function->ctx_.saved_data.at(kRegionKey).toCapsule());
+  state->inputs = inputs;
+  state->outputs = outputs;
+  std::vector<torch::autograd::Node*> hooked;
+  bool any = false;
+  for (const auto& r : results) {
+    auto fn = r.defined() ? r.grad_fn() : nullptr;
+    if (!fn || std::find(hooked.begin(), hooked.end(), fn.get()) != hooked.end()) continue;
+    hooked.push_back(fn.get());
+    fn->add_pre_hook(std::make_unique<RestoreOutputsHook>(state));
+    any = true;
+  }
+  // Without a hook nothing would put the outputs back: keep them.
+  if (any) discard(*state, params, results);
+  outputs.clear();
+  return results;
+}
+
 }  // namespace remat

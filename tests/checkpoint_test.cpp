@@ -325,6 +325,143 @@ TEST_F(CheckpointTest, KeepsOnlyTheInputsBetweenForwardAndBackward) {
   EXPECT_LE(ckpt, activation * 105 / 100);
 }
 
+// ---- checkpoint_without_output ------------------------------------------------
+
+namespace {
+
+// fc2(dropout(gelu(fc1(x)))) with fc1, the activation and dropout as the
+// region and fc2 as its consumer; `seen` receives the region's output.
+Tensors mlp_without_output(Mlp& mlp, const torch::Tensor& x, double dropout, int* replays,
+                           torch::Tensor* seen = nullptr) {
+  auto region = [&mlp, dropout, replays](const Tensors& in) {
+    ++*replays;
+    return Tensors{torch::dropout(torch::gelu(mlp->fc1(in[0])), dropout, /*train=*/true)};
+  };
+  auto consumer = [&mlp, seen](const Tensors& h) {
+    if (seen != nullptr) *seen = h[0];
+    return Tensors{mlp->fc2(h[0])};
+  };
+  return remat::checkpoint_without_output(region, {x}, remat::trainable_parameters(*mlp->fc1),
+                                          consumer);
+}
+
+}  // namespace
+
+TEST_F(CheckpointTest, WithoutOutputGradientsAreBitwiseEqualAndTheRegionReplaysOnce) {
+  Mlp mlp(16);
+  auto x = torch::randn({8, 16}, torch::requires_grad());
+  torch::Tensor x_grad_plain;
+  int calls = 0;
+  auto [plain, ckpt] = grads_plain_and_checkpointed(mlp, [&](bool checkpointed) {
+    x.mutable_grad() = torch::Tensor();
+    torch::Tensor y;
+    if (checkpointed) {
+      y = mlp_without_output(mlp, x, /*dropout=*/0.3, &calls)[0];
+      EXPECT_EQ(calls, 1);
+    } else {
+      y = mlp->fc2(torch::dropout(torch::gelu(mlp->fc1(x)), 0.3, true));
+    }
+    y.pow(2).sum().backward();
+    if (!checkpointed) x_grad_plain = x.grad().clone();
+  });
+  EXPECT_EQ(calls, 2);  // the forward and one replay, shared by both backwards
+  expect_all_bitwise_equal(plain, ckpt);
+  EXPECT_TRUE(bitwise_equal(x_grad_plain, x.grad()));
+}
+
+TEST_F(CheckpointTest, WithoutOutputFreesTheOutputUntilTheConsumersBackward) {
+  Mlp mlp(64);
+  auto x = torch::randn({256, 64}, torch::requires_grad());
+  int calls = 0;
+  torch::Tensor seen;
+  auto held = [&](bool plain) {
+    remat::CpuMemoryScope scope;
+    auto y = plain ? mlp(x) : mlp_without_output(mlp, x, 0.0, &calls, &seen)[0];
+    return std::make_pair(y, scope.current());
+  };
+  const int64_t activation = 256 * 256 * 4;
+  auto [y_plain, plain] = held(true);
+  auto [y, ours] = held(false);
+  // Plain keeps fc1's output (for gelu) and gelu's (for fc2); here only
+  // fc2's output (and the RNG state) remain.
+  EXPECT_GE(plain, 2 * activation + y.nbytes());
+  EXPECT_LE(ours, y.nbytes() + activation / 8);
+  auto want = torch::gelu(mlp->fc1(x)).detach();
+  // Kept: fc2's output only; the 256 x 256 activation's memory is gone.
+  EXPECT_EQ(seen.storage().nbytes(), 0u);
+  auto loss = y.sum();
+  loss.backward();
+  EXPECT_EQ(seen.storage().nbytes(), want.nbytes());
+  EXPECT_TRUE(bitwise_equal(seen, want));
+}
+
+TEST_F(CheckpointTest, WithoutOutputWithFrozenInputAndBf16Autocast) {
+  Mlp mlp(16);
+  auto x = torch::randn({8, 16});  // no grad: the region's parameters still get theirs
+  int calls = 0;
+  auto run = [&](bool checkpointed) {
+    mlp->zero_grad();
+    at::autocast::set_autocast_enabled(c10::DeviceType::CPU, true);
+    at::autocast::set_autocast_dtype(c10::DeviceType::CPU, at::kBFloat16);
+    at::autocast::increment_nesting();
+    auto y = checkpointed ? mlp_without_output(mlp, x, 0.0, &calls)[0]
+                          : mlp->fc2(torch::gelu(mlp->fc1(x)));
+    at::autocast::decrement_nesting();
+    at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(c10::DeviceType::CPU, false);
+    EXPECT_EQ(y.scalar_type(), at::kBFloat16);
+    y.to(torch::kFloat).square().sum().backward();  // outside autocast
+    return parameter_grads(*mlp);
+  };
+  auto plain = run(false);
+  auto ckpt = run(true);
+  expect_all_bitwise_equal(plain, ckpt);
+  EXPECT_TRUE(ckpt[0].defined());
+}
+
+TEST_F(CheckpointTest, WithoutOutputLeavesAnOutputThatAliasesAnInput) {
+  auto w = torch::randn({8, 8}, torch::requires_grad());
+  auto x = torch::randn({4, 8}, torch::requires_grad());
+  torch::Tensor seen;
+  auto y = remat::checkpoint_without_output(
+      [](const Tensors& in) {
+        return Tensors{in[0].view({8, 4})};
+      },
+      {x}, {},
+      [&](const Tensors& h) {
+        seen = h[0];
+        return Tensors{h[0].t().mm(w)};
+      })[0];
+  EXPECT_EQ(x.storage().nbytes(), x.nbytes());  // still there
+  y.sum().backward();
+  auto x2 = x.detach().requires_grad_(true);
+  x2.view({8, 4}).t().mm(w.detach()).sum().backward();
+  EXPECT_TRUE(bitwise_equal(x.grad(), x2.grad()));
+}
+
+TEST_F(CheckpointTest, WithoutOutputOutsideGradModeJustCallsBoth) {
+  Mlp mlp(8);
+  auto x = torch::randn({4, 8});
+  int calls = 0;
+  torch::NoGradGuard no_grad;
+  torch::Tensor seen;
+  auto y = mlp_without_output(mlp, x, 0.0, &calls, &seen)[0];
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(seen.storage().nbytes(), seen.nbytes());
+  EXPECT_TRUE(bitwise_equal(y, mlp(x)));
+}
+
+TEST_F(CheckpointTest, WithoutOutputRetainGraphBackwardTwice) {
+  Mlp mlp(8);
+  auto x = torch::randn({4, 8}, torch::requires_grad());
+  int calls = 0;
+  auto y = mlp_without_output(mlp, x, 0.0, &calls)[0].sum();
+  y.backward({}, /*retain_graph=*/true);
+  auto first = x.grad().clone();
+  y.backward();
+  EXPECT_TRUE(torch::allclose(x.grad(), 2 * first));
+}
+
 // ---- errors ----------------------------------------------------------------
 
 TEST_F(CheckpointTest, InputModifiedInPlaceIsAnError) {

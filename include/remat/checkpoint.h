@@ -107,6 +107,39 @@ template <typename M, typename A0, typename A1, typename... Rest,
           typename = std::enable_if_t<detail::is_module_v<M>>>
 auto checkpoint(M& module, A0&& a0, A1&& a1, Rest&&... rest);
 
+/// Like checkpoint(), for a region whose outputs the next operation keeps for
+/// its own backward (a linear layer keeps its input to compute its weight
+/// gradient): runs `region(inputs)` without keeping its activations, passes
+/// the outputs to `consumer`, and frees the outputs' memory once `consumer`
+/// has run. Just before the backward reaches `consumer`'s results, the region
+/// is replayed (same RNG and autocast state), its outputs are written back
+/// into their tensors for `consumer`'s backward, and the region's own
+/// backward then uses that replay. So neither the region's activations nor
+/// its outputs are held between forward and backward, for one replay of the
+/// region and without replaying `consumer` (Megatron-LM's
+/// "CheckpointWithoutOutput").
+///
+/// Returns `consumer`'s results. The region's outputs must be used only by
+/// `consumer` (another reader would find their memory freed); an output that
+/// shares memory with an input, a parameter or one of `consumer`'s results is
+/// left in place. Outside grad mode, or when nothing requires grad, this just
+/// returns `consumer(region(inputs))`. Under a double backward
+/// (create_graph) the region is replayed again in its own backward.
+///
+/// Example: a GELU MLP whose up projection and activation are recomputed
+/// while its down projection is not:
+/// \code
+///   auto y = remat::checkpoint_without_output(
+///       [&](const std::vector<torch::Tensor>& in) { return std::vector{torch::gelu(fc1(in[0]))};
+///       }, {x}, remat::trainable_parameters(*fc1),
+///       [&](const std::vector<torch::Tensor>& h) { return std::vector{fc2(h[0])}; })[0];
+/// \endcode
+std::vector<torch::Tensor> checkpoint_without_output(RegionFn region,
+                                                     const std::vector<torch::Tensor>& inputs,
+                                                     const std::vector<torch::Tensor>& params,
+                                                     RegionFn consumer,
+                                                     const CheckpointOptions& options = {});
+
 /// The trainable parameters of `module` (recursively): those that require grad.
 std::vector<torch::Tensor> trainable_parameters(const torch::nn::Module& module);
 

@@ -67,9 +67,10 @@ struct GPT2MLPImpl : torch::nn::Module {
         dropout(c.resid_pdrop),
         c_fc(register_module("c_fc", Conv1D(c.hidden_size, c.intermediate_size))),
         c_proj(register_module("c_proj", Conv1D(c.intermediate_size, c.hidden_size))) {}
-  Tensor forward(const Tensor& x) {
-    return torch::dropout(c_proj(activation(act, c_fc(x))), dropout, is_training());
-  }
+  Tensor forward(const Tensor& x) { return down(up(x)); }
+  // The hidden activation, and the output projection of it.
+  Tensor up(const Tensor& x) { return activation(act, c_fc(x)); }
+  Tensor down(const Tensor& h) { return torch::dropout(c_proj(h), dropout, is_training()); }
   std::string act;
   double dropout;
   Conv1D c_fc, c_proj;
@@ -95,10 +96,23 @@ struct GPT2BlockImpl : nn::CheckpointableModule {
                  ? remat::checkpoint(attn, h, mask, is_causal, past_k, past_v, use_cache)
                  : attn->forward(h, mask, is_causal, past_k, past_v, use_cache);
     auto y = x + a[0];
-    auto h2 = ln_2(y);
-    y = y + (checkpoints(nn::Granularity::kMlp) ? remat::checkpoint(mlp, h2) : mlp(h2));
+    y = y + mlp_forward(y);
     if (use_cache) return {y, a[1], a[2]};
     return {y};
+  }
+
+  // ln_2 and the MLP on the residual stream `y`.
+  Tensor mlp_forward(const Tensor& y) {
+    if (checkpoints(nn::Granularity::kMlpUp)) {
+      auto params = trainable_parameters(*ln_2);
+      auto fc = trainable_parameters(*mlp->c_fc);
+      params.insert(params.end(), fc.begin(), fc.end());
+      return remat::checkpoint_without_output(
+          [this](const Tensors& in) { return Tensors{mlp->up(ln_2(in[0]))}; }, {y}, params,
+          [this](const Tensors& h) { return Tensors{mlp->down(h[0])}; }, checkpoint_options())[0];
+    }
+    auto h = ln_2(y);
+    return checkpoints(nn::Granularity::kMlp) ? remat::checkpoint(mlp, h) : mlp(h);
   }
 
   torch::nn::LayerNorm ln_1;

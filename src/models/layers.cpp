@@ -1,5 +1,7 @@
 #include "layers.h"
 
+#include <ATen/autocast_mode.h>
+
 #include <cmath>
 
 namespace remat::models::detail {
@@ -13,6 +15,14 @@ torch::Tensor activation(const std::string& name, const torch::Tensor& x) {
   if (name == "relu") return torch::relu(x);
   if (name == "quick_gelu") return x * torch::sigmoid(1.702 * x);
   TORCH_CHECK(false, "unsupported activation \"", name, "\"");
+}
+
+torch::Tensor autocast_input(const torch::Tensor& x) {
+  const auto type = x.device().type();
+  if (type != c10::DeviceType::CPU && type != c10::DeviceType::CUDA) return x;
+  if (!at::autocast::is_autocast_enabled(type) || !x.is_floating_point()) return x;
+  const auto dtype = at::autocast::get_autocast_dtype(type);
+  return x.scalar_type() == dtype || x.scalar_type() == torch::kDouble ? x : x.to(dtype);
 }
 
 AttentionMask make_attention_mask(const std::optional<torch::Tensor>& attention_mask, int64_t batch,

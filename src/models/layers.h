@@ -15,6 +15,12 @@ namespace remat::models::detail {
 /// The activation a config names (Hugging Face ACT2FN names).
 torch::Tensor activation(const std::string& name, const torch::Tensor& x);
 
+/// `x` in the dtype autocast gives a matmul's input on `x`'s device (x itself
+/// when autocast is off there or x already has it). A tensor read by several
+/// projections is cast once instead of once per projection, which also keeps
+/// one copy for their backward instead of several.
+torch::Tensor autocast_input(const torch::Tensor& x);
+
 /// The mask SDPA needs for `q_len` new tokens after `past` cached ones:
 /// either nothing and is_causal, or an explicit boolean mask [batch, 1,
 /// q_len, past + q_len] (true = attend) when there is padding or a cache.

@@ -163,14 +163,16 @@ TORCH_MODULE(LlamaAttention);
 
 struct LlamaMLPImpl : torch::nn::Module {
   explicit LlamaMLPImpl(const ModelConfig& c)
-      : act(c.hidden_act),
+      : hidden_act(c.hidden_act),
         gate_proj(
             register_module("gate_proj", linear(c.hidden_size, c.intermediate_size, c.mlp_bias))),
         up_proj(register_module("up_proj", linear(c.hidden_size, c.intermediate_size, c.mlp_bias))),
         down_proj(
             register_module("down_proj", linear(c.intermediate_size, c.hidden_size, c.mlp_bias))) {}
-  Tensor forward(const Tensor& x) { return down_proj(activation(act, gate_proj(x)) * up_proj(x)); }
-  std::string act;
+  Tensor forward(const Tensor& x) { return down_proj(this->act(x)); }
+  // The activation product, the output projection's input.
+  Tensor act(const Tensor& x) { return activation(hidden_act, gate_proj(x)) * up_proj(x); }
+  std::string hidden_act;
   torch::nn::Linear gate_proj, up_proj, down_proj;
 };
 TORCH_MODULE(LlamaMLP);
@@ -187,16 +189,37 @@ struct LlamaDecoderLayerImpl : nn::CheckpointableModule {
                   const std::optional<Tensor>& mask, bool is_causal,
                   const std::optional<Tensor>& past_k, const std::optional<Tensor>& past_v,
                   bool use_cache) {
-    auto h = input_layernorm(x);
+    auto h = autocast_input(input_layernorm(x));
     auto a =
         checkpoints(nn::Granularity::kAttention)
             ? remat::checkpoint(self_attn, h, cos, sin, mask, is_causal, past_k, past_v, use_cache)
             : self_attn->forward(h, cos, sin, mask, is_causal, past_k, past_v, use_cache);
     auto y = x + a[0];
-    auto h2 = post_attention_layernorm(y);
-    y = y + (checkpoints(nn::Granularity::kMlp) ? remat::checkpoint(mlp, h2) : mlp(h2));
+    y = y + mlp_forward(y);
     if (use_cache) return {y, a[1], a[2]};
     return {y};
+  }
+
+  // The MLP and its norm on the residual stream `y`.
+  Tensor mlp_forward(const Tensor& y) {
+    if (checkpoints(nn::Granularity::kMlpUp)) {
+      std::vector<Tensor> params;
+      for (const torch::nn::Module* m :
+           {static_cast<torch::nn::Module*>(post_attention_layernorm.get()),
+            static_cast<torch::nn::Module*>(mlp->gate_proj.get()),
+            static_cast<torch::nn::Module*>(mlp->up_proj.get())}) {
+        auto p = trainable_parameters(*m);
+        params.insert(params.end(), p.begin(), p.end());
+      }
+      return remat::checkpoint_without_output(
+          [this](const Tensors& in) {
+            return Tensors{mlp->act(autocast_input(post_attention_layernorm(in[0])))};
+          },
+          {y}, params, [this](const Tensors& h) { return Tensors{mlp->down_proj(h[0])}; },
+          checkpoint_options())[0];
+    }
+    auto h = autocast_input(post_attention_layernorm(y));
+    return checkpoints(nn::Granularity::kMlp) ? remat::checkpoint(mlp, h) : mlp(h);
   }
 
   LlamaAttention self_attn;

@@ -96,6 +96,7 @@ TEST_P(ModelParityTest, GradientsWithEveryCheckpointingPolicy) {
       {"block", GradientCheckpointingOptions()},
       {"attention", GradientCheckpointingOptions().granularity(Granularity::kAttention)},
       {"mlp", GradientCheckpointingOptions().granularity(Granularity::kMlp)},
+      {"mlp up", GradientCheckpointingOptions().granularity(Granularity::kMlpUp)},
       {"every 2nd block", GradientCheckpointingOptions().every_n_blocks(2)},
   };
   for (const auto& [name, options] : policies) {

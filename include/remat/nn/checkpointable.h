@@ -31,10 +31,16 @@
 
 namespace remat::nn {
 
-/// What a marked block checkpoints: the whole block, or one sub-block of a
-/// Transformer layer (the attention or the MLP), the selective policies that
-/// trade less memory saving for less recompute.
-enum class Granularity { kBlock, kAttention, kMlp };
+/// What a marked block checkpoints: the whole block, or part of a
+/// Transformer layer, the selective policies that trade less memory saving
+/// for less recompute:
+/// - kAttention, kMlp: that sub-block, replayed whole in the backward;
+/// - kMlpUp: the MLP up to its output projection (the MLP's input norm, its
+///   up and gate projections and the activation), through
+///   checkpoint_without_output(): nothing of it is kept, and the output
+///   projection, whose input is recomputed just before its backward, is not
+///   replayed. Cheaper than kMlp for most of its saving.
+enum class Granularity { kBlock, kAttention, kMlp, kMlpUp };
 
 /// Which blocks gradient_checkpointing_enable() marks, and how they are
 /// checkpointed.
