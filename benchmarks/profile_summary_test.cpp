@@ -30,6 +30,10 @@ const remat_bench::CategoryTime& category(const remat_bench::ProfileSummary& s,
 TEST(ProfileSummaryTest, KernelNamesFallIntoCategories) {
   // GEMMs: cuBLAS (nvjet, xmma, sm90_), CUTLASS, the split-K reduction.
   EXPECT_EQ(categorize("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN"), "gemm");
+  EXPECT_EQ(categorize("nvjet_sm90_tst_192x128_64x5_1x2_h_bz_coopB_bias_NNT"), "gemm");
+  EXPECT_EQ(categorize("void cutlass::Kernel2<cutlass_80_simt_sgemm_128x32_8x5_nn_align1>("
+                       "cutlass_80_simt_sgemm_128x32_8x5_nn_align1::Params)"),
+            "gemm");
   EXPECT_EQ(categorize("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64"), "gemm");
   EXPECT_EQ(categorize("void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16_s161616gemm>"), "gemm");
   EXPECT_EQ(categorize("ampere_bf16_s16816gemm_bf16_128x64_ldg8_f2f_stages_64x4_tn"), "gemm");
@@ -38,15 +42,27 @@ TEST(ProfileSummaryTest, KernelNamesFallIntoCategories) {
   EXPECT_EQ(categorize("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64>>"),
             "attention");
   EXPECT_EQ(categorize("fmha_cutlassF_bf16_aligned_64x64_rf_sm80"), "attention");
-  EXPECT_EQ(categorize("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16"), "attention");
+  EXPECT_EQ(categorize("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_"
+                       "64x128x64_4x1x1_cga1x1x1_kernel0_0"),
+            "attention");
+  EXPECT_EQ(categorize("void cudnn::fusion::compute_dot_do_o_specialized<true, 64>(void const*)"),
+            "attention");
   EXPECT_EQ(categorize("void attention_kernel_backward_batched<AttentionBackwardKernel>"),
             "attention");
   // The optimizer: fused AdamW, the multi-tensor kernels.
   EXPECT_EQ(categorize("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<"
                        "FusedAdamMathFunctor<float, 4>>"),
             "optimizer");
+  EXPECT_EQ(categorize("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<"
+                       "at::native::(anonymous namespace)::TensorListMetadata<1>, "
+                       "at::native::LpNormFunctor<float, (at::native::NormType)1>>"),
+            "optimizer");
   EXPECT_EQ(categorize("void at::native::lpnorm_cleanup<float, (at::native::NormType)1>"),
             "optimizer");
+  // The total norm of the clipped gradients is a plain reduction.
+  EXPECT_EQ(categorize("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, "
+                       "at::native::NormTwoOps<float, float, float, true>>>"),
+            "reduction");
   EXPECT_EQ(categorize("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel"
                        "<c10::BFloat16, float>"),
             "norm");
