@@ -25,7 +25,7 @@ const std::vector<Rule>& rules() {
         "sm100_", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
         "aten::linear"}},
       {"norm", {"layer_norm", "layernorm", "rms_norm", "rmsnorm", "gammabeta", "rowwisemoments"}},
-      {"loss", {"softmax", "cross_entropy", "nll"}},
+      {"loss", {"softmax", "logsumexp", "cross_entropy", "nll"}},
       {"reduction", {"reduce_kernel"}},
       {"elementwise", {"elementwise", "vectorized", "unrolled", "index", "cat", "copy", "fill"}},
   };

@@ -13,12 +13,14 @@
 //                  linear
 //   norm           layer_norm, layernorm, rms_norm, rmsnorm, gammabeta,
 //                  rowwisemoments
-//   loss           softmax, cross_entropy, nll
+//   loss           softmax, logsumexp, cross_entropy, nll
 //   reduction      reduce_kernel
 //   elementwise    elementwise, vectorized, unrolled, index, cat, copy, fill
 //   other          the rest
 // Attention comes before gemm because fmha and cuDNN kernel names also say
-// cutlass or sm90_.
+// cutlass or sm90_. Names are all there is: an operator built of generic
+// kernels (the chunked loss's logsumexp on CUDA, an RMSNorm of pointwise
+// operations and a mean) counts under those kernels' categories.
 
 #pragma once
 

@@ -100,6 +100,7 @@ TEST(ProfileSummaryTest, CpuOperatorNamesFallIntoCategories) {
       "attention");
   EXPECT_EQ(categorize("aten::_log_softmax", EventKind::kCpuOp), "loss");
   EXPECT_EQ(categorize("aten::nll_loss_forward", EventKind::kCpuOp), "loss");
+  EXPECT_EQ(categorize("aten::logsumexp", EventKind::kCpuOp), "loss");
   EXPECT_EQ(categorize("aten::copy_", EventKind::kCpuOp), "elementwise");
   EXPECT_EQ(categorize("aten::mul", EventKind::kCpuOp), "other");
 }
