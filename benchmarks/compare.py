@@ -6,8 +6,9 @@ plot of peak memory against step time, per model and policy.
 
 Every input is a JSON array of result records (remat-bench --json, or the
 anchors' --json). The report checks the targets of docs/benchmarks.md where
-the rows they need are present. Without matplotlib the PNG is skipped with a
-note in the report.
+the rows they need are present, and where records hold a profile
+(remat-bench --profile K) it adds a "Where the time goes" table per model.
+Without matplotlib the PNG is skipped with a note in the report.
 """
 
 import argparse
@@ -80,6 +81,45 @@ def checks(rows):
     return out
 
 
+def where_the_time_goes(rows):
+    """Markdown lines: per profiled policy, the time per step by category."""
+    profiled = [r for r in rows if r.get("profile")]
+    if not profiled:
+        return []
+    names = []
+    for r in profiled:
+        for c in r["profile"]["categories"]:
+            if c["category"] not in names:
+                names.append(c["category"])
+
+    def entry(r, name):
+        for c in r["profile"]["categories"]:
+            if c["category"] == name:
+                return c
+        return None
+
+    used = [n for n in names
+            if any((entry(r, n) or {}).get("ms_per_step", 0) > 0 for r in profiled)]
+    header = ["framework", "policy", "steps", "wall ms", "busy ms", "idle", "launches"] + used
+    lines = ["", "### Where the time goes", "",
+             "Per profiled step (remat-bench --profile): device kernel time by category on CUDA "
+             "(top-level aten:: operators on CPU), ms and share of the summed kernel time; busy "
+             "is the union of the kernel intervals, idle is 1 - busy / wall. The profiler's own "
+             "overhead lengthens the wall time against the step ms above.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in profiled:
+        p = r["profile"]
+        source = "" if p.get("source") == "device" else f" ({p.get('source')})"
+        cells = [FRAMEWORKS.get(r["framework"], r["framework"]), r["policy"] + source,
+                 str(p["steps"]), f"{p['wall_ms_per_step']:.2f}", f"{p['busy_ms_per_step']:.2f}",
+                 f"{p['idle_percent']:.1f}%", f"{p['launches_per_step']:.0f}"]
+        for n in used:
+            c = entry(r, n)
+            cells.append("-" if not c else f"{c['ms_per_step']:.2f} ({c['percent']:.0f}%)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(groups, png_note):
     lines = ["# remat vs the anchors", ""]
     devices = sorted({r["device"] for rows in groups.values() for r in rows})
@@ -107,6 +147,7 @@ def markdown(groups, png_note):
             for name, value, target, met in found:
                 mark = "-" if met is None else ("yes" if met else "**no**")
                 lines.append(f"| {name} | {value} | {target} | {mark} |")
+        lines += where_the_time_goes(rows)
         lines.append("")
     if png_note:
         lines += [png_note, ""]

@@ -1,8 +1,9 @@
 """CPU smoke run of the benchmark harness on a tiny shape: remat-bench under
-every policy, both anchors (the compiled one in eager mode) with
-checkpointing off and on, then compare.py. Fails when a run fails, a field
-is missing, or remat's policies do not train the same (on CPU their losses
-are bitwise equal).
+every policy (GPT-2 with --profile 1 and a trace per policy), both anchors
+(the compiled one in eager mode) with checkpointing off and on, then
+compare.py. Fails when a run fails, a field is missing, a profile is empty,
+or remat's policies do not train the same (on CPU their losses are bitwise
+equal).
 
   python benchmarks/cpu_smoke.py path/to/remat-bench WORKDIR
 """
@@ -16,7 +17,9 @@ here = os.path.dirname(os.path.abspath(__file__))
 bench, work = sys.argv[1], sys.argv[2]
 os.makedirs(work, exist_ok=True)
 paths = {name: os.path.join(work, name + ".json") for name in ("remat", "hf", "compiled")}
-for path in paths.values():
+traces = {policy: os.path.join(work, f"trace.{policy}.json")
+          for policy in ("none", "full", "every-2", "attention", "mlp", "mlp-up")}
+for path in [*paths.values(), *traces.values()]:
     if os.path.exists(path):
         os.remove(path)
 tiny = ["--steps", "2", "--warmup", "1"]
@@ -28,7 +31,8 @@ def run(*command):
 
 
 run(bench, "--preset", "tiny", "--layers", "4", "--device", "cpu", *tiny, "--policy",
-    "none,full,every-2,attention,mlp,mlp-up", "--json", paths["remat"])
+    "none,full,every-2,attention,mlp,mlp-up", "--profile", "1", "--profile_trace",
+    os.path.join(work, "trace.json"), "--json", paths["remat"])
 run(bench, "--preset", "tiny", "--arch", "llama", "--kv_heads", "2", "--device", "cpu", "--bf16",
     *tiny, "--policy", "none,full,attention,mlp-up", "--json", os.path.join(work, "remat_llama.json"))
 for gc in ([], ["--gradient_checkpointing"]):
@@ -59,7 +63,20 @@ assert all(v == losses["none"] for v in losses.values()), losses
 assert all(r["activation_floor_mib"] > 0 for r in remat)
 floors = {r["policy"]: r["activation_floor_mib"] for r in remat}
 assert floors["full"] < floors["every-2"] < floors["none"], floors
+# The profiled step comes after the timed ones (step_ms and losses above
+# count only those) and sees the top-level aten:: operators on CPU.
+for r in remat:
+    p = r["profile"]
+    assert p["source"] == "cpu_ops" and p["steps"] == 1, p
+    assert p["total_ms_per_step"] > 0 and p["busy_ms_per_step"] > 0, p
+    assert p["wall_ms_per_step"] > 0 and p["launches_per_step"] > 0 and p["top"], p
+    by_category = {c["category"]: c for c in p["categories"]}
+    assert by_category["gemm"]["ms_per_step"] > 0, p
+    assert by_category["optimizer"]["count_per_step"] >= 1, p
+    assert abs(sum(c["percent"] for c in p["categories"]) - 100) < 1e-6, p
+    assert p["trace"] == traces[r["policy"]] and os.path.getsize(p["trace"]) > 0, p
 llama = json.load(open(os.path.join(work, "remat_llama.json")))
+assert not any("profile" in r for r in llama), "no --profile, no profile"
 assert llama[0]["losses"] == llama[1]["losses"], llama
 # Checkpointing only Llama's attention under bf16 autocast changes the
 # gradients by bf16 rounding (known; whole layers are bitwise equal).
@@ -67,6 +84,7 @@ for row in llama[2:]:
     assert all(abs(a - b) <= 1e-3 * abs(b) for a, b in zip(row["losses"], llama[0]["losses"])), row
 report = open(markdown).read()
 for text in ("| remat | none |", "| remat | mlp |", "| HF Trainer | full |",
-             "| PyTorch eager | none |"):
+             "| PyTorch eager | none |", "### Where the time goes",
+             "| remat | none (cpu_ops) | 1 |"):
     assert text in report, text
 print("cpu smoke run: ok")

@@ -7,10 +7,15 @@
 //       --json gpt2.json
 //   remat-bench --preset llama-0.85b --bf16 --policy none,full --json llama.json
 //   remat-bench --preset tiny --steps 3 --warmup 1          # CPU smoke run
+//   remat-bench --preset gpt2-124m --bf16 --policy none --profile 3 # where the time goes
 //
 // Each optimizer step is timed from the end of the previous one (CUDA
 // synchronized); the first --warmup steps are not counted, and the peak is
 // the caching allocator's peak allocated bytes over the counted steps.
+// --profile K runs K more steps after the counted ones under the Kineto
+// profiler and summarizes them (profile_summary.h): device kernel time by
+// category, GPU busy time, idle share, top kernels; on CPU the top-level
+// aten:: operators instead.
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/core/CachingDeviceAllocator.h>
@@ -20,6 +25,7 @@
 #include <remat/models/causal_lm.h>
 #include <remat/trainer.h>
 #include <stdlib.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 
@@ -30,6 +36,10 @@
 #include <iostream>
 #include <random>
 #include <sstream>
+
+#include <kineto/ActivityType.h>
+
+#include "profile_summary.h"
 
 namespace {
 
@@ -97,18 +107,78 @@ class RandomTokens : public remat::data::Dataset {
   uint64_t seed_;
 };
 
+// Runs the Kineto profiler over the steps after the timed ones: on from the
+// end of step `after` (the timer has synchronized the device) to the end of
+// step after + steps; CPU operators always, CUDA kernels, copies and sets on
+// CUDA.
+class StepProfiler : public remat::TrainerCallback {
+ public:
+  StepProfiler(torch::Device device, int64_t after, int64_t steps)
+      : device_(device), after_(after), steps_(steps) {}
+  ~StepProfiler() override {
+    if (!active_) return;
+    try {
+      torch::autograd::profiler::disableProfiler();
+    } catch (const std::exception&) {
+    }
+  }
+  void on_step_end(const remat::TrainingArguments&, remat::TrainerState& state,
+                   remat::TrainerControl&) override {
+    if (state.global_step == after_) start();
+    if (state.global_step == after_ + steps_) stop();
+  }
+
+  // The profiled steps' result and wall time; null before the last of them.
+  torch::autograd::profiler::ProfilerResult* result() const { return result_.get(); }
+  int64_t wall_ns() const { return wall_ns_; }
+  int64_t steps() const { return steps_; }
+
+ private:
+  void start() {
+    namespace profiler = torch::autograd::profiler;
+    const profiler::ProfilerConfig config(profiler::ProfilerState::KINETO);
+    std::set<profiler::ActivityType> activities = {profiler::ActivityType::CPU};
+    if (device_.is_cuda()) activities.insert(profiler::ActivityType::CUDA);
+    profiler::prepareProfiler(config, activities);
+    profiler::enableProfiler(config, activities);
+    active_ = true;
+    begin_ = Clock::now();
+  }
+  void stop() {
+    if (!active_) return;
+    if (device_.is_cuda()) torch::cuda::synchronize();
+    wall_ns_ = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - begin_).count();
+    active_ = false;
+    result_ = torch::autograd::profiler::disableProfiler();
+  }
+
+  torch::Device device_;
+  int64_t after_, steps_;
+  bool active_ = false;
+  Clock::time_point begin_;
+  int64_t wall_ns_ = 0;
+  std::unique_ptr<torch::autograd::profiler::ProfilerResult> result_;
+};
+
 // Records the end time of every optimizer step; resets the peak after the
-// warm-up; stops after the last step so train() does not save the model.
+// warm-up and reads it after the timed steps; with `profile` steps after the
+// timed ones, profiles those.
 class TimedTrainer : public remat::Trainer {
  public:
   TimedTrainer(std::shared_ptr<torch::nn::Module> model, remat::TrainingArguments args,
-               std::shared_ptr<const remat::data::Dataset> data, int64_t warmup, bool plain_loss,
-               int64_t loss_chunk_rows)
+               std::shared_ptr<const remat::data::Dataset> data, int64_t warmup, int64_t steps,
+               int64_t profile, bool plain_loss, int64_t loss_chunk_rows)
       : Trainer(std::move(model), std::move(args), std::move(data)),
         plain_loss_(plain_loss),
         loss_chunk_rows_(loss_chunk_rows),
-        timer_(std::make_shared<StepTimer>(device(), warmup)) {
+        timer_(std::make_shared<StepTimer>(device(), warmup, warmup + steps)) {
     add_callback(timer_);
+    // After the timer, so that a step's end is synchronized and recorded
+    // before the profiler starts or stops.
+    if (profile > 0) {
+      profiler_ = std::make_shared<StepProfiler>(device(), warmup + steps, profile);
+      add_callback(profiler_);
+    }
   }
 
   // As the Trainer's, with the option of the loss from the full logits (the
@@ -132,26 +202,35 @@ class TimedTrainer : public remat::Trainer {
   void save_model(const std::string&) const override {}
 
   const std::vector<Clock::time_point>& ends() const { return timer_->ends; }
+  // The peak allocated bytes over the timed steps (CUDA).
+  int64_t timed_peak() const { return timer_->peak; }
+  StepProfiler* profiler() const { return profiler_.get(); }
 
  private:
   // The end of every optimizer step, the device synchronized; the peak
-  // memory counted from the end of the warm-up.
+  // memory counted from the end of the warm-up to the end of the timed steps.
   struct StepTimer : remat::TrainerCallback {
-    StepTimer(torch::Device device, int64_t warmup) : device(device), warmup(warmup) {}
+    StepTimer(torch::Device device, int64_t warmup, int64_t timed_end)
+        : device(device), warmup(warmup), timed_end(timed_end) {}
     void on_step_end(const remat::TrainingArguments&, remat::TrainerState& state,
                      remat::TrainerControl&) override {
       if (device.is_cuda()) torch::cuda::synchronize();
       ends.push_back(Clock::now());
       if (state.global_step == warmup && device.is_cuda()) remat::reset_peak_memory_stats(device);
+      if (state.global_step == timed_end && device.is_cuda()) {
+        peak = remat::max_memory_allocated(device);
+      }
     }
     torch::Device device;
-    int64_t warmup;
+    int64_t warmup, timed_end;
+    int64_t peak = 0;
     std::vector<Clock::time_point> ends;
   };
 
   bool plain_loss_;
   int64_t loss_chunk_rows_;
   std::shared_ptr<StepTimer> timer_;
+  std::shared_ptr<StepProfiler> profiler_;
 };
 
 struct Policy {
@@ -228,16 +307,52 @@ std::string device_name(const torch::Device& device) {
   return at::cuda::getDeviceProperties(device.index() < 0 ? 0 : device.index())->name;
 }
 
+// The profiler's events the summary reads: device kernels, copies and sets,
+// and CPU operators (not runtime calls, user annotations or GPU-side ranges).
+std::vector<remat_bench::ProfileEvent> profile_events(
+    const torch::autograd::profiler::ProfilerResult& result) {
+  using libkineto::ActivityType;
+  using remat_bench::EventKind;
+  std::vector<remat_bench::ProfileEvent> out;
+  for (const auto& e : result.events()) {
+    EventKind kind;
+    switch (static_cast<ActivityType>(e.activityType())) {
+      case ActivityType::CONCURRENT_KERNEL:
+        kind = EventKind::kKernel;
+        break;
+      case ActivityType::GPU_MEMCPY:
+        kind = EventKind::kMemcpy;
+        break;
+      case ActivityType::GPU_MEMSET:
+        kind = EventKind::kMemset;
+        break;
+      case ActivityType::CPU_OP:
+        kind = EventKind::kCpuOp;
+        break;
+      default:
+        continue;
+    }
+    out.push_back({e.name(), static_cast<int64_t>(e.startNs()),
+                   static_cast<int64_t>(e.durationNs()), kind, e.startThreadId()});
+  }
+  return out;
+}
+
 struct RunOptions {
   torch::Device device = torch::kCPU;
   bool bf16 = false, plain_loss = false;
   int64_t loss_chunk_rows = 0;
   int64_t warmup = 3, steps = 10;
+  int64_t profile = 0;        // steps profiled after the timed ones
+  std::string profile_trace;  // where to save their chrome trace ("": nowhere)
   std::string optim = "adamw_torch_fused";
   uint64_t seed = 0;
 };
 
-json run_policy(const Shape& s, const Policy& policy, const RunOptions& o) {
+// The result record of one policy; with o.profile, *profile_table gets the
+// profile's table.
+json run_policy(const Shape& s, const Policy& policy, const RunOptions& o,
+                std::string* profile_table) {
   const auto& device = o.device;
   const bool bf16 = o.bf16;
   const int64_t warmup = o.warmup, steps = o.steps;
@@ -262,7 +377,7 @@ json run_policy(const Shape& s, const Policy& policy, const RunOptions& o) {
   remat::TrainingArguments args;
   args.output_dir = dir;
   args.per_device_train_batch_size = s.batch;
-  args.max_steps = warmup + steps;
+  args.max_steps = warmup + steps + o.profile;
   args.logging_steps = 1;
   args.learning_rate = 3e-4;
   args.lr_scheduler_type = "constant";
@@ -273,20 +388,26 @@ json run_policy(const Shape& s, const Policy& policy, const RunOptions& o) {
   args.seed = static_cast<int64_t>(seed);
   args.use_cpu = !device.is_cuda();
   args.validate();
-  auto data = std::make_shared<RandomTokens>(s.batch * (warmup + steps), s.seq, s.vocab, seed);
-  TimedTrainer trainer(model, args, data, warmup, o.plain_loss, o.loss_chunk_rows);
+  auto data =
+      std::make_shared<RandomTokens>(s.batch * (warmup + steps + o.profile), s.seq, s.vocab, seed);
+  TimedTrainer trainer(model, args, data, warmup, steps, o.profile, o.plain_loss,
+                       o.loss_chunk_rows);
   const auto start = Clock::now();
   trainer.train();
   rmdir(dir);
 
+  // The timed steps only: the profiled ones come after them.
   std::vector<double> step_ms;
-  for (size_t i = static_cast<size_t>(warmup); i < trainer.ends().size(); ++i) {
+  const size_t timed_end = std::min(trainer.ends().size(), static_cast<size_t>(warmup + steps));
+  for (size_t i = static_cast<size_t>(warmup); i < timed_end; ++i) {
     const auto begin = i == 0 ? start : trainer.ends()[i - 1];
     step_ms.push_back(std::chrono::duration<double, std::milli>(trainer.ends()[i] - begin).count());
   }
   std::vector<double> losses;
   for (const auto& record : trainer.log_history()) {
-    if (record.contains("loss")) losses.push_back(record["loss"].get<double>());
+    if (record.contains("loss") && losses.size() < static_cast<size_t>(warmup + steps)) {
+      losses.push_back(record["loss"].get<double>());
+    }
   }
   auto sorted = step_ms;
   std::sort(sorted.begin(), sorted.end());
@@ -333,14 +454,49 @@ json run_policy(const Shape& s, const Policy& policy, const RunOptions& o) {
   const auto peak = remat::peak_flops(r["device"].get<std::string>(), bf16);
   r["mfu"] = peak ? json(flops * tokens_per_s / *peak) : json(nullptr);
   if (device.is_cuda()) {
-    const double peak_mib = static_cast<double>(remat::max_memory_allocated(device)) / (1 << 20);
+    const double peak_mib = static_cast<double>(trainer.timed_peak()) / (1 << 20);
     r["peak_allocated_mib"] = peak_mib;
     r["peak_minus_model_state_mib"] = peak_mib - model_state / (1 << 20);
   } else {
     r["peak_allocated_mib"] = nullptr;
     r["peak_minus_model_state_mib"] = nullptr;
   }
+  if (o.profile > 0) {
+    auto* profiler = trainer.profiler();
+    if (profiler == nullptr || profiler->result() == nullptr) {
+      std::fprintf(stderr, "remat-bench: %s: the profiled steps did not run\n",
+                   policy.name.c_str());
+      r["profile"] = nullptr;
+      return r;
+    }
+    const auto summary = remat_bench::summarize_profile(profile_events(*profiler->result()),
+                                                        profiler->steps(), profiler->wall_ns());
+    if (device.is_cuda() && summary.source != "device") {
+      std::fprintf(stderr,
+                   "remat-bench: %s: the profiler recorded no CUDA kernels (is CUPTI "
+                   "available?); the profile counts CPU operators\n",
+                   policy.name.c_str());
+    }
+    r["profile"] = remat_bench::to_json(summary);
+    if (!o.profile_trace.empty()) {
+      profiler->result()->save(o.profile_trace);
+      r["profile"]["trace"] = o.profile_trace;
+    }
+    if (profile_table != nullptr) *profile_table = remat_bench::format_profile(summary);
+  }
   return r;
+}
+
+// Where --profile_trace PATH puts a policy's trace: PATH itself for one
+// policy; for several, PATH with ".POLICY" before its extension.
+std::string trace_path(const std::string& path, const std::string& policy, bool several) {
+  if (!several) return path;
+  const size_t slash = path.find_last_of('/');
+  const size_t dot = path.find_last_of('.');
+  if (dot != std::string::npos && (slash == std::string::npos || dot > slash + 1)) {
+    return path.substr(0, dot) + "." + policy + path.substr(dot);
+  }
+  return path + "." + policy;
 }
 
 std::string number(const json& value, const char* format) {
@@ -373,7 +529,8 @@ int main(int argc, char** argv) {
   std::string preset_name = "tiny", device_arg, json_path, optim = "adamw_torch_fused";
   std::string policies = "none,full";
   Shape s;
-  int64_t steps = 10, warmup = 3;
+  int64_t steps = 10, warmup = 3, profile = 0;
+  std::string profile_trace;
   uint64_t seed = 0;
   bool bf16 = false, plain_loss = false;
   int64_t loss_chunk_rows = 0;
@@ -393,9 +550,18 @@ int main(int argc, char** argv) {
   app.add_option("--seq", seq, "tokens per sequence")->check(CLI::PositiveNumber);
   app.add_option("--steps", steps, "timed optimizer steps")->check(CLI::PositiveNumber);
   app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
-  app.add_option(
-      "--policy", policies,
-      "comma-separated: none, full, every-N, attention, mlp, mlp-up (default none,full)");
+  app.add_option("--profile", profile,
+                 "K: after the timed steps, K more under the Kineto profiler (not timed); prints "
+                 "and records under \"profile\" per step: kernel time by category (gemm, "
+                 "attention, optimizer, norm, loss, reduction, elementwise, memcpy/memset, "
+                 "other), GPU busy ms (the union of kernel intervals), idle %, launches and the "
+                 "top 15 kernels; on CPU the top-level aten:: operators (default 0: off)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--profile_trace", profile_trace,
+                 "with --profile: save the profiled steps' chrome trace here (with several "
+                 "policies, PATH.POLICY.EXT per policy)");
+  app.add_option("--policy", policies,
+                 "comma-separated: none, full, every-N, attention, mlp, mlp-up (default none,full)");
   app.add_flag("--bf16", bf16, "bf16 autocast, as TrainingArguments.bf16");
   app.add_flag("--plain_loss", plain_loss,
                "compute the loss from the full logits (return_logits) instead of chunk by chunk");
@@ -420,10 +586,14 @@ int main(int argc, char** argv) {
     std::vector<Policy> parsed;
     std::stringstream list(policies);
     for (std::string item; std::getline(list, item, ',');) parsed.push_back(parse_policy(item));
+    if (!profile_trace.empty() && profile == 0) {
+      throw CLI::ValidationError("--profile_trace", "needs --profile K with K > 0");
+    }
     const torch::Device device(device_arg.empty() ? (torch::cuda::is_available() ? "cuda" : "cpu")
                                                   : device_arg);
     remat::logger()->set_level(spdlog::level::warn);
     std::vector<json> results;
+    std::vector<std::string> profile_tables;
     for (const auto& policy : parsed) {
       RunOptions run;
       run.device = device;
@@ -432,9 +602,15 @@ int main(int argc, char** argv) {
       run.loss_chunk_rows = loss_chunk_rows;
       run.warmup = warmup;
       run.steps = steps;
+      run.profile = profile;
+      if (!profile_trace.empty()) {
+        run.profile_trace = trace_path(profile_trace, policy.name, parsed.size() > 1);
+      }
       run.optim = optim;
       run.seed = seed;
-      results.push_back(run_policy(s, policy, run));
+      std::string table;
+      results.push_back(run_policy(s, policy, run, &table));
+      profile_tables.push_back(table);
       if (device.is_cuda()) c10::getDeviceAllocator(c10::kCUDA)->emptyCache();
       std::fprintf(stderr, "%s: %.1f ms\n", policy.name.c_str(),
                    results.back()["median_step_ms"].get<double>());
@@ -449,6 +625,11 @@ int main(int argc, char** argv) {
         bf16 ? "bf16" : "fp32", optim.c_str(),
         results.front()["device"].get<std::string>().c_str());
     print_table(results);
+    for (size_t i = 0; i < results.size(); ++i) {
+      if (profile_tables[i].empty()) continue;
+      std::printf("\nprofile of policy %s, %s", results[i]["policy"].get<std::string>().c_str(),
+                  profile_tables[i].c_str());
+    }
     if (!json_path.empty()) {
       std::ofstream out(json_path);
       if (!out) throw std::runtime_error("cannot write " + json_path);

@@ -15,7 +15,10 @@
 # in REMAT_BUILD_DIR (default /tmp/remat-gpu-build, as scripts/gpu_run.sh;
 # configured there first if it is not yet).
 # STEPS / WARMUP override the timed and warm-up steps (default 10 and 3),
-# PRESETS the shapes; a CPU dry run of the script itself:
+# PRESETS the shapes; PROFILE=K (default 0: off) passes --profile K to every
+# remat-bench run (K more steps under the Kineto profiler after the timed
+# ones; comparison.md then says where the time goes); a CPU dry run of the
+# script itself:
 #   PRESETS=tiny STEPS=1 WARMUP=1 COMPILED_ARGS=--no_compile \
 #     REMAT_BUILD_DIR=build benchmarks/run_gpu_bench.sh /tmp/bench
 set -uo pipefail
@@ -28,6 +31,7 @@ limit=${REMAT_BENCH_TIMEOUT:-240}
 steps=${STEPS:-10}
 warmup=${WARMUP:-3}
 presets=${PRESETS:-gpt2-124m llama-0.85b}
+profile=${PROFILE:-0}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 log="$out/bench.log"
@@ -55,6 +59,8 @@ has() { [[ ",$jobs," == *",$1,"* ]]; }
 
 if has remat; then
   bench="$build/benchmarks/remat-bench"
+  prof=()  # --profile K, or nothing
+  if [ "$profile" != 0 ]; then prof=(--profile "$profile"); fi
   if [ ! -f "$build/CMakeCache.txt" ]; then
     source "$root/scripts/gpu_prefix.sh"
     prefix=$(remat_gpu_prefix "$root" "$python")
@@ -69,16 +75,18 @@ if has remat; then
   rm -f "$out"/remat.json.*
   for preset in $presets; do
     run "remat $preset" "$bench" --preset "$preset" --bf16 --steps "$steps" --warmup "$warmup" \
-      --policy none,full,every-2,attention,mlp,mlp-up --json "$out/remat.json.$preset"
+      --policy none,full,every-2,attention,mlp,mlp-up ${prof[@]+"${prof[@]}"} \
+      --json "$out/remat.json.$preset"
   done
   # Before/after: the loss from the full logits with the multi-tensor AdamW,
   # and the multi-tensor AdamW alone.
   for preset in $presets; do
     run "remat $preset, before" "$bench" --preset "$preset" --bf16 --steps "$steps" \
       --warmup "$warmup" --policy none,full --plain_loss --optim adamw_torch \
-      --json "$out/remat.json.$preset-before"
+      ${prof[@]+"${prof[@]}"} --json "$out/remat.json.$preset-before"
     run "remat $preset, multi-tensor AdamW" "$bench" --preset "$preset" --bf16 --steps "$steps" \
-      --warmup "$warmup" --policy none --optim adamw_torch --json "$out/remat.json.$preset-foreach"
+      --warmup "$warmup" --policy none --optim adamw_torch ${prof[@]+"${prof[@]}"} \
+      --json "$out/remat.json.$preset-foreach"
   done
   # One file: the arrays joined.
   "$python" - "$out/remat.json" "$out"/remat.json.* <<'PY'
