@@ -6,6 +6,7 @@
 
 #include "factory.h"
 #include "layers.h"
+#include "remat/nn/fused.h"
 
 namespace remat::models::detail {
 namespace {
@@ -16,11 +17,8 @@ using Tensors = std::vector<Tensor>;
 struct RMSNormImpl : torch::nn::Module {
   RMSNormImpl(int64_t dim, double eps)
       : eps(eps), weight(register_parameter("weight", torch::ones({dim}))) {}
-  Tensor forward(const Tensor& x) {
-    auto h = x.to(torch::kFloat);
-    h = h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
-    return weight * h.to(x.scalar_type());
-  }
+  // transformers' LlamaRMSNorm; ATen's fused kernel on CUDA (remat::nn::rms_norm).
+  Tensor forward(const Tensor& x) { return remat::nn::rms_norm(x, weight, eps); }
   double eps;
   Tensor weight;
 };
@@ -109,15 +107,6 @@ class Rotary {
   int64_t cached_len_;
 };
 
-Tensor rotate_half(const Tensor& x) {
-  auto half = x.size(-1) / 2;
-  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-}
-
-Tensor apply_rotary(const Tensor& x, const Tensor& cos, const Tensor& sin) {
-  return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1);
-}
-
 torch::nn::Linear linear(int64_t in, int64_t out, bool bias) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
@@ -139,11 +128,12 @@ struct LlamaAttentionImpl : torch::nn::Module {
                   const std::optional<Tensor>& past_k, const std::optional<Tensor>& past_v,
                   bool use_cache) {
     auto b = x.size(0), t = x.size(1);
-    auto q = q_proj(x).view({b, t, heads, head_dim}).transpose(1, 2);
-    auto k = k_proj(x).view({b, t, kv_heads, head_dim}).transpose(1, 2);
+    // Rotary embeddings on the [b, t, heads, head_dim] projections (one fused
+    // kernel each on CUDA), then [b, heads, t, head_dim] for attention.
+    auto q = remat::nn::rotary(q_proj(x).view({b, t, heads, head_dim}), cos, sin).transpose(1, 2);
+    auto k =
+        remat::nn::rotary(k_proj(x).view({b, t, kv_heads, head_dim}), cos, sin).transpose(1, 2);
     auto v = v_proj(x).view({b, t, kv_heads, head_dim}).transpose(1, 2);
-    q = apply_rotary(q, cos, sin);
-    k = apply_rotary(k, cos, sin);
     if (past_k) {
       k = torch::cat({*past_k, k}, 2);
       v = torch::cat({*past_v, v}, 2);
@@ -169,9 +159,15 @@ struct LlamaMLPImpl : torch::nn::Module {
         up_proj(register_module("up_proj", linear(c.hidden_size, c.intermediate_size, c.mlp_bias))),
         down_proj(
             register_module("down_proj", linear(c.intermediate_size, c.hidden_size, c.mlp_bias))) {}
-  Tensor forward(const Tensor& x) { return down_proj(this->act(x)); }
-  // The activation product, the output projection's input.
-  Tensor act(const Tensor& x) { return activation(hidden_act, gate_proj(x)) * up_proj(x); }
+  // The activation product act(gate_proj(x)) * up_proj(x): for SiLU (SwiGLU)
+  // one fused kernel on CUDA (remat::nn::swiglu).
+  Tensor act(const Tensor& x) {
+    auto gate = gate_proj(x);
+    auto up = up_proj(x);
+    if (hidden_act == "silu" || hidden_act == "swish") return remat::nn::swiglu(gate, up);
+    return activation(hidden_act, gate) * up;
+  }
+  Tensor forward(const Tensor& x) { return down_proj(act(x)); }
   std::string hidden_act;
   torch::nn::Linear gate_proj, up_proj, down_proj;
 };

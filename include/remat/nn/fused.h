@@ -1,0 +1,67 @@
+#pragma once
+
+/// \file
+/// Fused elementwise pieces of the Llama block: SwiGLU, rotary embeddings
+/// and RMSNorm. Each is differentiable and computes what the plain ATen
+/// expression in its comment computes. On CUDA, for the dtypes and layouts
+/// listed, one kernel does the forward and one the backward, with float32
+/// math and one rounding per output; everywhere else (CPU, other dtypes or
+/// layouts, a library built without its CUDA kernels) the plain expression
+/// runs, op for op, so results are bitwise those of the unfused code.
+/// \code
+///   auto h = remat::nn::rms_norm(x, norm->weight, 1e-6);
+///   auto q = remat::nn::rotary(q_proj(h).view({b, t, heads, head_dim}), cos, sin);
+///   auto y = down_proj(remat::nn::swiglu(gate_proj(h), up_proj(h)));
+/// \endcode
+
+#include <torch/torch.h>
+
+namespace remat::nn {
+
+/// True when this build of remat has the fused CUDA kernels (a CUDA compiler
+/// and a CUDA LibTorch were found when it was configured). Without them
+/// swiglu() and rotary() always run the plain expression; rms_norm() uses
+/// ATen's fused CUDA kernel either way.
+bool fused_kernels_available();
+
+/// silu(gate) * up. `gate` and `up` must have the same shape (no
+/// broadcasting) and device; the result has dtype result_type(gate, up).
+///
+/// CUDA kernel: gate and up of one dtype (float32, float16 or bfloat16),
+/// both contiguous. The forward computes in float32 and rounds once (the
+/// plain expression rounds silu(gate) to the dtype first); the backward
+/// computes d_gate and d_up in one kernel from the saved gate and up. Only
+/// gate and up are kept for the backward. Double backward runs the plain
+/// formula.
+torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up);
+
+/// Rotary position embedding: x * cos + rotate_half(x) * sin, with
+/// rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2]) and cos, sin broadcast
+/// over the heads.
+///
+/// `x` is [batch, tokens, heads, head_dim] (as `q_proj(h).view({b, t, heads,
+/// head_dim})`), head_dim even; `cos` and `sin` are [batch or 1, tokens,
+/// head_dim] and get no gradient. The result has dtype result_type(x, cos):
+/// under autocast a bfloat16 x with float32 cos gives float32, as the plain
+/// expression does. The gradient of x comes back in x's dtype.
+///
+/// CUDA kernel: x float32, float16 or bfloat16 with its last dimension
+/// contiguous; cos and sin both of x's dtype or both float32; cos and sin not
+/// requiring grad. Forward and backward are one kernel each, in float32 with
+/// one rounding per output; products and sums are rounded as ATen rounds
+/// them in float32, so with float32 output the forward equals the plain
+/// expression bit for bit.
+torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+
+/// Root-mean-square normalization over the last dimension, as transformers'
+/// LlamaRMSNorm: `weight * (x.float() * rsqrt(mean(x.float()^2) + eps)).to(x.dtype)`.
+/// `weight` is [x.size(-1)].
+///
+/// On CUDA, when x and weight have the same dtype (float32, float16 or
+/// bfloat16), ATen's fused kernel and its backward run
+/// (at::_fused_rms_norm, which at::rms_norm also reaches for such inputs): float32
+/// statistics, one rounding of the output, a few ulps from the plain
+/// expression. Otherwise the plain expression runs.
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+
+}  // namespace remat::nn

@@ -1,0 +1,317 @@
+// The fused elementwise kernels of remat/nn/fused.h: SwiGLU and rotary
+// embeddings, forward and backward. Memory-bound: every kernel reads its
+// inputs once, computes in float32 and writes each output once, rounded once.
+// Loads and stores are 16 bytes wide (8 x bf16/fp16, 4 x fp32) when every
+// pointer and row is aligned for it, else one element at a time.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "fused_kernels.h"
+
+namespace remat::nn::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = int64_t{1} << 20;
+
+// V elements of T loaded or stored as one aligned unit.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ Vec<T, V> load(const T* p) {
+  return *reinterpret_cast<const Vec<T, V>*>(p);
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store(T* p, const Vec<T, V>& x) {
+  *reinterpret_cast<Vec<T, V>*>(p) = x;
+}
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+__device__ __forceinline__ int64_t thread_index() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t thread_count() {
+  return static_cast<int64_t>(gridDim.x) * blockDim.x;
+}
+
+// silu(g) as ATen computes it: g / (1 + exp(-g)).
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
+
+// ---- SwiGLU ----------------------------------------------------------------
+
+template <typename T>
+__device__ __forceinline__ T swiglu_one(T g, T u) {
+  return from_float<T>(silu(to_float(g)) * to_float(u));
+}
+
+// n / V vectors of V elements, then the n % V tail one element at a time.
+template <typename T, int V>
+__global__ void swiglu_forward_kernel(const T* __restrict__ gate, const T* __restrict__ up,
+                                      T* __restrict__ out, int64_t n) {
+  const int64_t vectors = n / V;
+  for (int64_t i = thread_index(); i < vectors; i += thread_count()) {
+    const auto g = load<T, V>(gate + i * V);
+    const auto u = load<T, V>(up + i * V);
+    Vec<T, V> o;
+#pragma unroll
+    for (int k = 0; k < V; ++k) o.v[k] = swiglu_one(g.v[k], u.v[k]);
+    store(out + i * V, o);
+  }
+  for (int64_t i = vectors * V + thread_index(); i < n; i += thread_count()) {
+    out[i] = swiglu_one(gate[i], up[i]);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void swiglu_grad_one(T d, T g, T u, T& dg, T& du) {
+  const float df = to_float(d), gf = to_float(g), uf = to_float(u);
+  const float s = 1.0f / (1.0f + expf(-gf));
+  dg = from_float<T>(df * uf * s * (1.0f + gf * (1.0f - s)));
+  du = from_float<T>(df * silu(gf));
+}
+
+template <typename T, int V>
+__global__ void swiglu_backward_kernel(const T* __restrict__ grad_out, const T* __restrict__ gate,
+                                       const T* __restrict__ up, T* __restrict__ grad_gate,
+                                       T* __restrict__ grad_up, int64_t n) {
+  const int64_t vectors = n / V;
+  for (int64_t i = thread_index(); i < vectors; i += thread_count()) {
+    const auto d = load<T, V>(grad_out + i * V);
+    const auto g = load<T, V>(gate + i * V);
+    const auto u = load<T, V>(up + i * V);
+    Vec<T, V> dg, du;
+#pragma unroll
+    for (int k = 0; k < V; ++k) swiglu_grad_one(d.v[k], g.v[k], u.v[k], dg.v[k], du.v[k]);
+    store(grad_gate + i * V, dg);
+    store(grad_up + i * V, du);
+  }
+  for (int64_t i = vectors * V + thread_index(); i < n; i += thread_count()) {
+    swiglu_grad_one(grad_out[i], gate[i], up[i], grad_gate[i], grad_up[i]);
+  }
+}
+
+// ---- Rotary ----------------------------------------------------------------
+
+// One item is V consecutive positions j of the first half of one row (a
+// token's head) and the same V positions of the second half. The products
+// and the sum are rounded separately (no fused multiply-add), as ATen's
+// x * cos + rotate_half(x) * sin rounds them in float32.
+//   forward:  o1 = a1 c1 - a2 s1,  o2 = a2 c2 + a1 s2
+//   backward: o1 = a1 c1 + a2 s2,  o2 = a2 c2 - a1 s1
+template <typename TA, typename TC, typename TO, int V, bool Backward>
+__global__ void rotary_kernel(const TA* __restrict__ a, const TC* __restrict__ cos,
+                              const TC* __restrict__ sin, TO* __restrict__ out, RotaryShape s) {
+  const int64_t half = s.head_dim / 2;
+  const int64_t per_row = half / V;
+  const int64_t items = s.batch * s.tokens * s.heads * per_row;
+  for (int64_t i = thread_index(); i < items; i += thread_count()) {
+    const int64_t row = i / per_row;  // (b * tokens + t) * heads + h
+    const int64_t j = (i - row * per_row) * V;
+    const int64_t bt = row / s.heads, h = row - bt * s.heads;
+    const int64_t b = bt / s.tokens, t = bt - b * s.tokens;
+    const int64_t cs = b * s.cs_batch_stride + t * s.cs_token_stride;
+    const TA* ar = a + b * s.a_batch_stride + t * s.a_token_stride + h * s.a_head_stride;
+    const auto a1 = load<TA, V>(ar + j);
+    const auto a2 = load<TA, V>(ar + half + j);
+    const auto c1 = load<TC, V>(cos + cs + j);
+    const auto c2 = load<TC, V>(cos + cs + half + j);
+    const auto s1 = load<TC, V>(sin + cs + j);
+    const auto s2 = load<TC, V>(sin + cs + half + j);
+    Vec<TO, V> o1, o2;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const float x1 = to_float(a1.v[k]), x2 = to_float(a2.v[k]);
+      const float cos1 = to_float(c1.v[k]), cos2 = to_float(c2.v[k]);
+      const float sin1 = to_float(s1.v[k]), sin2 = to_float(s2.v[k]);
+      float r1, r2;
+      if constexpr (Backward) {
+        r1 = __fadd_rn(__fmul_rn(x1, cos1), __fmul_rn(x2, sin2));
+        r2 = __fsub_rn(__fmul_rn(x2, cos2), __fmul_rn(x1, sin1));
+      } else {
+        r1 = __fsub_rn(__fmul_rn(x1, cos1), __fmul_rn(x2, sin1));
+        r2 = __fadd_rn(__fmul_rn(x2, cos2), __fmul_rn(x1, sin2));
+      }
+      o1.v[k] = from_float<TO>(r1);
+      o2.v[k] = from_float<TO>(r2);
+    }
+    TO* orow = out + row * s.head_dim;
+    store(orow + j, o1);
+    store(orow + half + j, o2);
+  }
+}
+
+// ---- Launching -------------------------------------------------------------
+
+bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+int blocks_for(int64_t work) {
+  int64_t blocks = (work + kThreads - 1) / kThreads;
+  if (blocks > kMaxBlocks) blocks = kMaxBlocks;
+  return static_cast<int>(blocks < 1 ? 1 : blocks);
+}
+
+const char* launch_status() {
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+// Calls f(T{}) with the C++ type of `dtype`.
+template <typename F>
+const char* dispatch(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return f(float{});
+    case DType::kFloat16:
+      return f(__half{});
+    case DType::kBFloat16:
+      return f(__nv_bfloat16{});
+  }
+  return "remat fused kernels: unknown dtype";
+}
+
+template <typename T>
+const char* swiglu_forward_typed(const T* gate, const T* up, T* out, int64_t n,
+                                 cudaStream_t stream) {
+  constexpr int V = 16 / sizeof(T);
+  if (aligned(gate, 16) && aligned(up, 16) && aligned(out, 16)) {
+    swiglu_forward_kernel<T, V>
+        <<<blocks_for(n / V + n % V), kThreads, 0, stream>>>(gate, up, out, n);
+  } else {
+    swiglu_forward_kernel<T, 1><<<blocks_for(n), kThreads, 0, stream>>>(gate, up, out, n);
+  }
+  return launch_status();
+}
+
+template <typename T>
+const char* swiglu_backward_typed(const T* grad_out, const T* gate, const T* up, T* grad_gate,
+                                  T* grad_up, int64_t n, cudaStream_t stream) {
+  constexpr int V = 16 / sizeof(T);
+  if (aligned(grad_out, 16) && aligned(gate, 16) && aligned(up, 16) && aligned(grad_gate, 16) &&
+      aligned(grad_up, 16)) {
+    swiglu_backward_kernel<T, V><<<blocks_for(n / V + n % V), kThreads, 0, stream>>>(
+        grad_out, gate, up, grad_gate, grad_up, n);
+  } else {
+    swiglu_backward_kernel<T, 1>
+        <<<blocks_for(n), kThreads, 0, stream>>>(grad_out, gate, up, grad_gate, grad_up, n);
+  }
+  return launch_status();
+}
+
+template <typename TA, typename TC, typename TO, bool Backward>
+const char* rotary_typed(const void* a, const void* cos, const void* sin, void* out,
+                         const RotaryShape& s, cudaStream_t stream) {
+  constexpr size_t narrowest = std::min({sizeof(TA), sizeof(TC), sizeof(TO)});
+  constexpr int V = static_cast<int>(16 / narrowest);
+  const int64_t half = s.head_dim / 2;
+  const int64_t rows = s.batch * s.tokens * s.heads;
+  const bool vectorized = half % V == 0 && s.a_batch_stride % V == 0 && s.a_token_stride % V == 0 &&
+                          s.a_head_stride % V == 0 && s.cs_batch_stride % V == 0 &&
+                          s.cs_token_stride % V == 0 && aligned(a, sizeof(TA) * V) &&
+                          aligned(cos, sizeof(TC) * V) && aligned(sin, sizeof(TC) * V) &&
+                          aligned(out, sizeof(TO) * V);
+  const auto* ta = static_cast<const TA*>(a);
+  const auto* tc = static_cast<const TC*>(cos);
+  const auto* ts = static_cast<const TC*>(sin);
+  auto* to = static_cast<TO*>(out);
+  if (vectorized) {
+    rotary_kernel<TA, TC, TO, V, Backward>
+        <<<blocks_for(rows * (half / V)), kThreads, 0, stream>>>(ta, tc, ts, to, s);
+  } else {
+    rotary_kernel<TA, TC, TO, 1, Backward>
+        <<<blocks_for(rows * half), kThreads, 0, stream>>>(ta, tc, ts, to, s);
+  }
+  return launch_status();
+}
+
+// (TA, TC, TO) = (T, T, T), or (T, float, float) forward / (float, float, T)
+// backward: the input a is the forward's x or the backward's grad_out.
+template <bool Backward>
+const char* rotary(const void* a, DType a_dtype, const void* cos, const void* sin, DType cs_dtype,
+                   void* out, DType out_dtype, const RotaryShape& s, void* stream) {
+  if (s.head_dim <= 0 || s.head_dim % 2 != 0) return "rotary: head_dim must be even and positive";
+  if (s.batch * s.tokens * s.heads == 0) return nullptr;
+  auto st = static_cast<cudaStream_t>(stream);
+  const DType t = Backward ? out_dtype : a_dtype;  // the dtype of x
+  const DType wide = Backward ? a_dtype : out_dtype;
+  if (a_dtype == cs_dtype && cs_dtype == out_dtype) {
+    return dispatch(t, [&](auto tag) {
+      using T = decltype(tag);
+      return rotary_typed<T, T, T, Backward>(a, cos, sin, out, s, st);
+    });
+  }
+  if (cs_dtype == DType::kFloat32 && wide == DType::kFloat32) {
+    return dispatch(t, [&](auto tag) {
+      using T = decltype(tag);
+      if constexpr (Backward) {
+        return rotary_typed<float, float, T, true>(a, cos, sin, out, s, st);
+      } else {
+        return rotary_typed<T, float, float, false>(a, cos, sin, out, s, st);
+      }
+    });
+  }
+  return "rotary: unsupported dtype combination";
+}
+
+}  // namespace
+
+const char* swiglu_forward(const void* gate, const void* up, void* out, int64_t n, DType dtype,
+                           void* stream) {
+  if (n <= 0) return nullptr;
+  return dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return swiglu_forward_typed(static_cast<const T*>(gate), static_cast<const T*>(up),
+                                static_cast<T*>(out), n, static_cast<cudaStream_t>(stream));
+  });
+}
+
+const char* swiglu_backward(const void* grad_out, const void* gate, const void* up, void* grad_gate,
+                            void* grad_up, int64_t n, DType dtype, void* stream) {
+  if (n <= 0) return nullptr;
+  return dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return swiglu_backward_typed(static_cast<const T*>(grad_out), static_cast<const T*>(gate),
+                                 static_cast<const T*>(up), static_cast<T*>(grad_gate),
+                                 static_cast<T*>(grad_up), n, static_cast<cudaStream_t>(stream));
+  });
+}
+
+const char* rotary_forward(const void* x, DType x_dtype, const void* cos, const void* sin,
+                           DType cs_dtype, void* out, DType out_dtype, const RotaryShape& shape,
+                           void* stream) {
+  return rotary<false>(x, x_dtype, cos, sin, cs_dtype, out, out_dtype, shape, stream);
+}
+
+const char* rotary_backward(const void* grad_out, DType grad_dtype, const void* cos,
+                            const void* sin, DType cs_dtype, void* grad_x, DType gx_dtype,
+                            const RotaryShape& shape, void* stream) {
+  return rotary<true>(grad_out, grad_dtype, cos, sin, cs_dtype, grad_x, gx_dtype, shape, stream);
+}
+
+}  // namespace remat::nn::kernels
