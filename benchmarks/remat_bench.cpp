@@ -23,6 +23,7 @@
 #include <remat/logging.h>
 #include <remat/memory.h>
 #include <remat/models/causal_lm.h>
+#include <remat/nn/fused.h>
 #include <remat/trainer.h>
 #include <stdlib.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
@@ -560,8 +561,9 @@ int main(int argc, char** argv) {
   app.add_option("--profile_trace", profile_trace,
                  "with --profile: save the profiled steps' chrome trace here (with several "
                  "policies, PATH.POLICY.EXT per policy)");
-  app.add_option("--policy", policies,
-                 "comma-separated: none, full, every-N, attention, mlp, mlp-up (default none,full)");
+  app.add_option(
+      "--policy", policies,
+      "comma-separated: none, full, every-N, attention, mlp, mlp-up (default none,full)");
   app.add_flag("--bf16", bf16, "bf16 autocast, as TrainingArguments.bf16");
   app.add_flag("--plain_loss", plain_loss,
                "compute the loss from the full logits (return_logits) instead of chunk by chunk");
@@ -570,6 +572,11 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--optim", optim, "adamw_torch_fused (default) or adamw_torch")
       ->check(CLI::IsMember({"adamw_torch_fused", "adamw_torch"}));
+  std::string sdpa = "default";
+  app.add_option("--sdpa", sdpa,
+                 "attention kernel preference on CUDA: default (ATen's order: flash first) or "
+                 "cudnn (cuDNN's fused attention first)")
+      ->check(CLI::IsMember({"default", "cudnn"}));
   app.add_option("--device", device_arg, "cuda or cpu (default: cuda when available)");
   app.add_option("--seed", seed, "seed of the weights and the tokens");
   app.add_option("--json", json_path, "write the results (a JSON array) here");
@@ -592,6 +599,15 @@ int main(int argc, char** argv) {
     const torch::Device device(device_arg.empty() ? (torch::cuda::is_available() ? "cuda" : "cpu")
                                                   : device_arg);
     remat::logger()->set_level(spdlog::level::warn);
+    if (sdpa == "cudnn") {
+      using B = at::SDPBackend;
+      std::vector<int64_t> order;
+      for (auto b : {B::cudnn_attention, B::flash_attention, B::efficient_attention, B::math,
+                     B::overrideable}) {
+        order.push_back(static_cast<int64_t>(b));
+      }
+      at::globalContext().setSDPPriorityOrder(order);
+    }
     std::vector<json> results;
     std::vector<std::string> profile_tables;
     for (const auto& policy : parsed) {
@@ -610,6 +626,8 @@ int main(int argc, char** argv) {
       run.seed = seed;
       std::string table;
       results.push_back(run_policy(s, policy, run, &table));
+      results.back()["sdpa"] = sdpa;
+      results.back()["fused_kernels"] = remat::nn::fused_kernels_available();
       profile_tables.push_back(table);
       if (device.is_cuda()) c10::getDeviceAllocator(c10::kCUDA)->emptyCache();
       std::fprintf(stderr, "%s: %.1f ms\n", policy.name.c_str(),

@@ -13,6 +13,9 @@
 #                                                                     comparison.md/.png, bench.log
 #   compiled  the torch.compile anchor (run_gpu_bench.sh OUTDIR compiled) -> compiled.json, ...
 #   dist      DDP and FSDP with NCCL through torchrun (scripts/gpu_dist.sh) -> dist.jsonl
+#   profile   remat-bench on both anchor shapes with a kernel profile of 3 steps per policy
+#             (PROFILE_POLICIES, default none,full,every-2,mlp,mlp-up), then policy none
+#             with cuDNN attention first                        -> profile-PRESET.json/.txt
 # Expects torch importable by python3 (or CMAKE_PREFIX_PATH) and the build
 # tools installed. Development packages the machine lacks can come unpacked
 # under .deps/ (see README, "GPU machine without network").
@@ -86,6 +89,17 @@ if has bench; then
 fi
 if has compiled; then
   bash "$root/benchmarks/run_gpu_bench.sh" "$out" compiled || status=1
+fi
+if has profile; then
+  for preset in gpt2-124m llama-0.85b; do
+    {
+      "$build/benchmarks/remat-bench" --preset "$preset" --bf16 \
+        --policy "${PROFILE_POLICIES:-none,full,every-2,mlp,mlp-up}" --profile 3 \
+        --json "$out/profile-$preset.json"
+      "$build/benchmarks/remat-bench" --preset "$preset" --bf16 --policy none --sdpa cudnn
+    } >"$out/profile-$preset.txt" 2>&1 || status=1
+    grep -E "^(policy|none|full|every-|attention|mlp)" "$out/profile-$preset.txt"
+  done
 fi
 if has dist && [ -f "$root/scripts/gpu_dist.sh" ]; then
   bash "$root/scripts/gpu_dist.sh" "$out" "$build" || status=1
