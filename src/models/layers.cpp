@@ -17,12 +17,19 @@ torch::Tensor activation(const std::string& name, const torch::Tensor& x) {
   TORCH_CHECK(false, "unsupported activation \"", name, "\"");
 }
 
-torch::Tensor autocast_input(const torch::Tensor& x) {
+std::optional<at::ScalarType> autocast_dtype(const torch::Tensor& x) {
   const auto type = x.device().type();
-  if (type != c10::DeviceType::CPU && type != c10::DeviceType::CUDA) return x;
-  if (!at::autocast::is_autocast_enabled(type) || !x.is_floating_point()) return x;
-  const auto dtype = at::autocast::get_autocast_dtype(type);
-  return x.scalar_type() == dtype || x.scalar_type() == torch::kDouble ? x : x.to(dtype);
+  if (type != c10::DeviceType::CPU && type != c10::DeviceType::CUDA) return std::nullopt;
+  if (!at::autocast::is_autocast_enabled(type) || !x.is_floating_point() ||
+      x.scalar_type() == torch::kDouble) {
+    return std::nullopt;
+  }
+  return at::autocast::get_autocast_dtype(type);
+}
+
+torch::Tensor autocast_input(const torch::Tensor& x) {
+  const auto dtype = autocast_dtype(x);
+  return !dtype || x.scalar_type() == *dtype ? x : x.to(*dtype);
 }
 
 AttentionMask make_attention_mask(const std::optional<torch::Tensor>& attention_mask, int64_t batch,

@@ -21,6 +21,10 @@ torch::Tensor activation(const std::string& name, const torch::Tensor& x);
 /// one copy for their backward instead of several.
 torch::Tensor autocast_input(const torch::Tensor& x);
 
+/// The dtype autocast gives a matmul's floating input on `x`'s device, or
+/// nullopt when autocast is off there.
+std::optional<at::ScalarType> autocast_dtype(const torch::Tensor& x);
+
 /// The mask SDPA needs for `q_len` new tokens after `past` cached ones:
 /// either nothing and is_causal, or an explicit boolean mask [batch, 1,
 /// q_len, past + q_len] (true = attend) when there is padding or a cache.

@@ -129,10 +129,14 @@ struct LlamaAttentionImpl : torch::nn::Module {
                   bool use_cache) {
     auto b = x.size(0), t = x.size(1);
     // Rotary embeddings on the [b, t, heads, head_dim] projections (one fused
-    // kernel each on CUDA), then [b, heads, t, head_dim] for attention.
-    auto q = remat::nn::rotary(q_proj(x).view({b, t, heads, head_dim}), cos, sin).transpose(1, 2);
+    // kernel each on CUDA), then [b, heads, t, head_dim] for attention. Under
+    // autocast they come out in its dtype, the dtype attention casts them to.
+    auto q =
+        remat::nn::rotary(q_proj(x).view({b, t, heads, head_dim}), cos, sin, autocast_dtype(cos))
+            .transpose(1, 2);
     auto k =
-        remat::nn::rotary(k_proj(x).view({b, t, kv_heads, head_dim}), cos, sin).transpose(1, 2);
+        remat::nn::rotary(k_proj(x).view({b, t, kv_heads, head_dim}), cos, sin, autocast_dtype(cos))
+            .transpose(1, 2);
     auto v = v_proj(x).view({b, t, kv_heads, head_dim}).transpose(1, 2);
     if (past_k) {
       k = torch::cat({*past_k, k}, 2);

@@ -1,5 +1,7 @@
 #include "remat/nn/fused.h"
 
+#include "fused_internal.h"
+
 #ifdef REMAT_HAVE_CUDA_KERNELS
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -147,13 +149,15 @@ struct SwiGLUFunction : torch::autograd::Function<SwiGLUFunction> {
 
 // ---- Rotary -----------------------------------------------------------------
 
-bool rotary_takes(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+bool rotary_takes(const Tensor& x, const Tensor& cos, const Tensor& sin, at::ScalarType out_dtype) {
   if (!x.is_cuda() || x.layout() != at::kStrided || cos.layout() != at::kStrided ||
       sin.layout() != at::kStrided) {
     return false;
   }
   const auto xt = x.scalar_type(), ct = cos.scalar_type();
   if (!kernel_dtype(xt) || sin.scalar_type() != ct || (ct != xt && ct != at::kFloat)) return false;
+  // The output in the wide dtype, or in x's (rounded once from float32).
+  if (out_dtype != at::promote_types(xt, ct) && out_dtype != xt) return false;
   // No gradient flows to cos and sin through the kernel.
   if (torch::GradMode::is_enabled() && (cos.requires_grad() || sin.requires_grad())) return false;
   return true;
@@ -190,10 +194,9 @@ RotaryArgs rotary_args(const Tensor& a, const Tensor& cos, const Tensor& sin) {
 }
 
 struct RotaryFunction : torch::autograd::Function<RotaryFunction> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& cos,
-                        const Tensor& sin) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                        at::ScalarType out_dtype) {
     c10::cuda::CUDAGuard guard(x.device());
-    const auto out_dtype = at::result_type(x, cos);
     ctx->save_for_backward({cos, sin});
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
     const auto args = rotary_args(x, cos, sin);
@@ -212,14 +215,17 @@ struct RotaryFunction : torch::autograd::Function<RotaryFunction> {
     const auto& sin = saved[1];
     const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
     const auto& grad = grads[0];
-    if (!grad.defined()) return {Tensor(), Tensor(), Tensor()};
+    if (!grad.defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};
     if (torch::GradMode::is_enabled()) {
       // create_graph: the formula in differentiable ops, for double backward.
       const auto c = cos.unsqueeze(2), s = sin.unsqueeze(2);
-      return {(grad * c + rotate_half_transposed(grad * s)).to(x_dtype), Tensor(), Tensor()};
+      return {(grad * c + rotate_half_transposed(grad * s)).to(x_dtype), Tensor(), Tensor(),
+              Tensor()};
     }
     c10::cuda::CUDAGuard guard(grad.device());
-    const auto out_dtype = at::promote_types(x_dtype, cos.scalar_type());
+    // The gradient arrives in the output's dtype: the wide one, or x's.
+    const auto out_dtype =
+        grad.scalar_type() == x_dtype ? x_dtype : at::promote_types(x_dtype, cos.scalar_type());
     const auto args = rotary_args(grad.to(out_dtype), cos, sin);
     auto grad_x = torch::empty(grad.sizes(), grad.options().dtype(x_dtype));
     check_launch(kernels::rotary_backward(args.a.data_ptr(), to_kernel(out_dtype),
@@ -227,13 +233,40 @@ struct RotaryFunction : torch::autograd::Function<RotaryFunction> {
                                           to_kernel(cos.scalar_type()), grad_x.data_ptr(),
                                           to_kernel(x_dtype), args.shape, current_stream(grad)),
                  "rotary backward");
-    return {grad_x, Tensor(), Tensor()};
+    return {grad_x, Tensor(), Tensor(), Tensor()};
   }
 };
 
 #endif  // REMAT_HAVE_CUDA_KERNELS
 
 }  // namespace
+
+namespace detail {
+
+Tensor cross_entropy_rows(Tensor& logits, const Tensor& targets, int64_t ignore_index, bool grad) {
+#ifdef REMAT_HAVE_CUDA_KERNELS
+  if (!logits.is_cuda() || logits.dim() != 2 || !logits.is_contiguous() ||
+      !kernel_dtype(logits.scalar_type()) || targets.dim() != 1 ||
+      targets.size(0) != logits.size(0) || targets.scalar_type() != at::kLong ||
+      targets.device() != logits.device()) {
+    return Tensor();
+  }
+  c10::cuda::CUDAGuard guard(logits.device());
+  const auto t = targets.contiguous();
+  auto losses = torch::empty({logits.size(0)}, logits.options().dtype(at::kFloat));
+  check_launch(
+      kernels::cross_entropy_rows(logits.data_ptr(), to_kernel(logits.scalar_type()),
+                                  t.data_ptr<int64_t>(), losses.data_ptr<float>(), logits.size(0),
+                                  logits.size(1), ignore_index, grad, current_stream(logits)),
+      "linear_cross_entropy");
+  return losses;
+#else
+  (void)logits, (void)targets, (void)ignore_index, (void)grad;
+  return Tensor();
+#endif
+}
+
+}  // namespace detail
 
 bool fused_kernels_available() {
 #ifdef REMAT_HAVE_CUDA_KERNELS
@@ -251,12 +284,15 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
   return swiglu_composite(gate, up);
 }
 
-Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin,
+              std::optional<at::ScalarType> dtype) {
   check_rotary(x, cos, sin);
+  const auto out_dtype = dtype.value_or(at::result_type(x, cos));
 #ifdef REMAT_HAVE_CUDA_KERNELS
-  if (rotary_takes(x, cos, sin)) return RotaryFunction::apply(x, cos, sin);
+  if (rotary_takes(x, cos, sin, out_dtype)) return RotaryFunction::apply(x, cos, sin, out_dtype);
 #endif
-  return rotary_composite(x, cos, sin);
+  auto out = rotary_composite(x, cos, sin);
+  return dtype ? out.to(*dtype) : out;
 }
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {

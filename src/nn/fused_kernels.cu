@@ -250,8 +250,9 @@ const char* rotary_typed(const void* a, const void* cos, const void* sin, void* 
   return launch_status();
 }
 
-// (TA, TC, TO) = (T, T, T), or (T, float, float) forward / (float, float, T)
-// backward: the input a is the forward's x or the backward's grad_out.
+// (TA, TC, TO) = (T, T, T), (T, float, T), or (T, float, float) forward /
+// (float, float, T) backward: the input a is the forward's x or the
+// backward's grad_out.
 template <bool Backward>
 const char* rotary(const void* a, DType a_dtype, const void* cos, const void* sin, DType cs_dtype,
                    void* out, DType out_dtype, const RotaryShape& s, void* stream) {
@@ -264,6 +265,13 @@ const char* rotary(const void* a, DType a_dtype, const void* cos, const void* si
     return dispatch(t, [&](auto tag) {
       using T = decltype(tag);
       return rotary_typed<T, T, T, Backward>(a, cos, sin, out, s, st);
+    });
+  }
+  if (cs_dtype == DType::kFloat32 && a_dtype == out_dtype) {
+    // x (or its gradient) and the output in x's dtype, cos and sin float32.
+    return dispatch(t, [&](auto tag) {
+      using T = decltype(tag);
+      return rotary_typed<T, float, T, Backward>(a, cos, sin, out, s, st);
     });
   }
   if (cs_dtype == DType::kFloat32 && wide == DType::kFloat32) {
@@ -312,6 +320,126 @@ const char* rotary_backward(const void* grad_out, DType grad_dtype, const void* 
                             const void* sin, DType cs_dtype, void* grad_x, DType gx_dtype,
                             const RotaryShape& shape, void* stream) {
   return rotary<true>(grad_out, grad_dtype, cos, sin, cs_dtype, grad_x, gx_dtype, shape, stream);
+}
+
+}  // namespace remat::nn::kernels
+
+// ---- Cross-entropy rows ---------------------------------------------------------
+
+namespace remat::nn::kernels {
+namespace {
+
+constexpr int kCeThreads = 512;
+
+// Running maximum m and sum s of exp(x - m); merging two is exact up to
+// rounding. An empty state is (-inf, 0).
+struct MaxSum {
+  float m, s;
+};
+
+__device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
+  if (a.m == -INFINITY) return b;
+  if (b.m == -INFINITY) return a;
+  const float m = fmaxf(a.m, b.m);
+  return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+}
+
+__device__ __forceinline__ MaxSum add(MaxSum a, float x) {
+  if (x == -INFINITY) return a;
+  if (x <= a.m) return {a.m, a.s + expf(x - a.m)};
+  return {x, a.s * expf(a.m - x) + 1.0f};
+}
+
+// The block's merged state, in every thread.
+__device__ MaxSum block_merge(MaxSum v) {
+  __shared__ MaxSum warps[kCeThreads / 32];
+  __shared__ MaxSum total;
+  for (int offset = 16; offset > 0; offset /= 2) {
+    MaxSum o{__shfl_xor_sync(0xffffffffu, v.m, offset), __shfl_xor_sync(0xffffffffu, v.s, offset)};
+    v = merge(v, o);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warps[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    MaxSum w = lane < static_cast<int>(blockDim.x / 32) ? warps[lane] : MaxSum{-INFINITY, 0.0f};
+    for (int offset = 16; offset > 0; offset /= 2) {
+      MaxSum o{__shfl_xor_sync(0xffffffffu, w.m, offset),
+               __shfl_xor_sync(0xffffffffu, w.s, offset)};
+      w = merge(w, o);
+    }
+    if (lane == 0) total = w;
+  }
+  __syncthreads();
+  return total;
+}
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kCeThreads)
+    cross_entropy_kernel(T* __restrict__ logits, const int64_t* __restrict__ targets,
+                         float* __restrict__ losses, int64_t vocab, int64_t ignore_index,
+                         bool grad) {
+  const int64_t row = blockIdx.x;
+  T* x = logits + row * vocab;
+  const int64_t vectors = vocab / V;
+  MaxSum state{-INFINITY, 0.0f};
+  for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
+    const auto v = load<T, V>(x + i * V);
+#pragma unroll
+    for (int k = 0; k < V; ++k) state = add(state, to_float(v.v[k]));
+  }
+  for (int64_t j = vectors * V + threadIdx.x; j < vocab; j += blockDim.x) {
+    state = add(state, to_float(x[j]));
+  }
+  const MaxSum all = block_merge(state);
+  const float lse = all.m + logf(all.s);
+  const int64_t target = targets[row];
+  const bool counted = target != ignore_index;
+  const bool valid = !counted || (target >= 0 && target < vocab);
+  if (threadIdx.x == 0) {
+    losses[row] = !counted ? 0.0f : valid ? lse - to_float(x[target]) : NAN;
+  }
+  if (!grad) return;
+  __syncthreads();  // the target's logit is read before it is overwritten
+  for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
+    auto v = load<T, V>(x + i * V);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int64_t j = i * V + k;
+      const float g = counted ? expf(to_float(v.v[k]) - lse) - (j == target ? 1.0f : 0.0f) : 0.0f;
+      v.v[k] = from_float<T>(g);
+    }
+    store(x + i * V, v);
+  }
+  for (int64_t j = vectors * V + threadIdx.x; j < vocab; j += blockDim.x) {
+    const float g = counted ? expf(to_float(x[j]) - lse) - (j == target ? 1.0f : 0.0f) : 0.0f;
+    x[j] = from_float<T>(g);
+  }
+}
+
+}  // namespace
+
+const char* cross_entropy_rows(void* logits, DType dtype, const int64_t* targets, float* losses,
+                               int64_t rows, int64_t vocab, int64_t ignore_index, bool grad,
+                               void* stream) {
+  if (rows <= 0) return nullptr;
+  if (vocab <= 0) return "cross_entropy_rows: vocab must be positive";
+  if (rows > 0x7fffffff) return "cross_entropy_rows: too many rows for one launch";
+  auto st = static_cast<cudaStream_t>(stream);
+  return dispatch(dtype, [&](auto tag) -> const char* {
+    using T = decltype(tag);
+    constexpr int V = 16 / sizeof(T);
+    auto* x = static_cast<T*>(logits);
+    const bool vectorized = vocab % V == 0 && aligned(x, 16);
+    if (vectorized) {
+      cross_entropy_kernel<T, V><<<static_cast<unsigned>(rows), kCeThreads, 0, st>>>(
+          x, targets, losses, vocab, ignore_index, grad);
+    } else {
+      cross_entropy_kernel<T, 1><<<static_cast<unsigned>(rows), kCeThreads, 0, st>>>(
+          x, targets, losses, vocab, ignore_index, grad);
+    }
+    return launch_status();
+  });
 }
 
 }  // namespace remat::nn::kernels

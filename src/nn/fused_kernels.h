@@ -55,3 +55,19 @@ const char* rotary_backward(const void* grad_out, DType grad_dtype, const void* 
                             const RotaryShape& shape, void* stream);
 
 }  // namespace remat::nn::kernels
+
+namespace remat::nn::kernels {
+
+/// Cross-entropy over the rows of `logits` [rows, vocab] (dense, row-major,
+/// of `dtype`) against `targets` [rows] (int64): losses[r] (float32) =
+/// logsumexp(logits[r]) - logits[r, targets[r]], 0 where targets[r] ==
+/// ignore_index and NaN where a target is outside [0, vocab). With `grad`,
+/// logits[r] is then replaced in place by d(sum of losses)/d(logits[r]) =
+/// softmax(logits[r]) - one_hot(targets[r]) (0 on ignored rows). float32
+/// math (an online max and sum in one pass), one rounding per gradient
+/// element; one block per row.
+const char* cross_entropy_rows(void* logits, DType dtype, const int64_t* targets, float* losses,
+                               int64_t rows, int64_t vocab, int64_t ignore_index, bool grad,
+                               void* stream);
+
+}  // namespace remat::nn::kernels

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "fused_internal.h"
+
 namespace remat::nn {
 namespace {
 
@@ -31,6 +33,23 @@ struct Result {
   Tensor sum, grad_hidden, grad_weight, grad_bias;
 };
 
+// Adds a chunk's share to the gradients of the hidden states and the weight,
+// from g = d(sum)/d(logits) of rows [start, start + len) in `dtype`.
+void accumulate(Result& r, const Tensor& g, const Tensor& h, const Tensor& w, int64_t start,
+                int64_t len, at::ScalarType dtype) {
+  if (r.grad_hidden.defined()) {
+    auto rows = r.grad_hidden.narrow(0, start, len);
+    torch::mm_out(rows, g, w);
+  }
+  if (r.grad_weight.defined()) {
+    if (dtype == at::kFloat) {
+      r.grad_weight.addmm_(g.t(), h);
+    } else {
+      r.grad_weight.add_(torch::mm(g.t(), h));
+    }
+  }
+}
+
 // The summed loss over row chunks and, where asked, the unscaled gradients:
 // d(sum)/d(logits) = softmax - one_hot(target) on counted rows, 0 elsewhere.
 Result compute(const Tensor& hidden, const Tensor& weight, const Tensor& bias,
@@ -56,6 +75,17 @@ Result compute(const Tensor& hidden, const Tensor& weight, const Tensor& bias,
     const int64_t len = std::min(rows, n - start);
     const auto h = h_all.narrow(0, start, len);
     const auto t = targets.narrow(0, start, len);
+    if (!b.defined()) {
+      // On CUDA one kernel takes the logits in their dtype: each row's loss,
+      // and its gradient in place of it.
+      auto logits = torch::mm(h, w.t());
+      auto losses = detail::cross_entropy_rows(logits, t, ignore_index, any_grad);
+      if (losses.defined()) {
+        r.sum.add_(losses.sum());
+        if (any_grad) accumulate(r, logits, h, w, start, len, dtype);
+        continue;
+      }
+    }
     auto logits = (b.defined() ? torch::addmm(b, h, w.t()) : torch::mm(h, w.t())).to(at::kFloat);
     const auto counted = t != ignore_index;
     const auto safe = torch::where(counted, t, torch::zeros_like(t)).unsqueeze(1);
@@ -67,15 +97,7 @@ Result compute(const Tensor& hidden, const Tensor& weight, const Tensor& bias,
     logits.sub_(lse.unsqueeze(1)).exp_();
     logits.scatter_add_(1, safe, counted.to(at::kFloat).neg().unsqueeze(1));
     logits.mul_(counted.unsqueeze(1));
-    const auto g = logits.to(dtype);
-    if (r.grad_hidden.defined()) r.grad_hidden.narrow(0, start, len).copy_(torch::mm(g, w));
-    if (r.grad_weight.defined()) {
-      if (dtype == at::kFloat) {
-        r.grad_weight.addmm_(g.t(), h);
-      } else {
-        r.grad_weight.add_(torch::mm(g.t(), h));
-      }
-    }
+    accumulate(r, logits.to(dtype), h, w, start, len, dtype);
     if (r.grad_bias.defined()) r.grad_bias.add_(logits.sum(0));
   }
   return r;

@@ -220,6 +220,32 @@ TEST_P(FusedCudaTest, RotaryForwardAndBackward) {
   }
 }
 
+// rotary(x, cos, sin, x's dtype) with float32 cos and sin (autocast): the
+// float32 result rounded once, equal to the wide result cast to x's dtype;
+// the backward from a gradient of x's dtype equals the wide path's backward
+// from that gradient upcast.
+TEST_P(FusedCudaTest, RotaryInTheInputsDtype) {
+  if (dtype() == torch::kFloat) GTEST_SKIP() << "the same as the float32 path";
+  const auto cs = kCuda.dtype(torch::kFloat);
+  for (auto s : std::vector<std::vector<int64_t>>{{2, 5, 3, 64}, {1, 7, 2, 6}}) {
+    SCOPED_TRACE(c10::str(at::IntArrayRef(s)));
+    auto x = torch::randn({s[0], s[1], s[2], s[3]}, kCuda.dtype(dtype())).requires_grad_();
+    auto cos = torch::randn({s[0], s[1], s[3]}, cs), sin = torch::randn({s[0], s[1], s[3]}, cs);
+    auto out = remat::nn::rotary(x, cos, sin, dtype());
+    EXPECT_NE(name_of(out).find("Rotary"), std::string::npos) << name_of(out);
+    ASSERT_EQ(out.scalar_type(), dtype());
+    auto x2 = x.detach().requires_grad_();
+    auto wide = remat::nn::rotary(x2, cos, sin);
+    ASSERT_EQ(wide.scalar_type(), torch::kFloat);
+    EXPECT_TRUE(torch::equal(out, wide.to(dtype())));
+    auto grad = torch::randn(out.sizes(), kCuda.dtype(dtype()));
+    auto got = torch::autograd::grad({out}, {x}, {grad})[0];
+    auto want = torch::autograd::grad({wide}, {x2}, {grad.to(torch::kFloat)})[0];
+    ASSERT_EQ(got.scalar_type(), dtype());
+    EXPECT_TRUE(torch::equal(got, want));
+  }
+}
+
 TEST_P(FusedCudaTest, RotaryFallsBackWhenCosNeedsAGradient) {
   auto x = torch::randn({2, 5, 3, 16}, kCuda.dtype(dtype())).requires_grad_();
   auto cos = torch::randn({2, 5, 16}, kCuda.dtype(dtype())).requires_grad_();

@@ -153,6 +153,38 @@ TEST_F(CudaPerfTest, ChunkedLossMatchesAndNeverHoldsTheLogits) {
   }
 }
 
+// The one-kernel loss rows: a vocabulary that is not a multiple of 8 (the
+// scalar path) in float32, float16 and bfloat16 logits, ignored rows, and a
+// target outside the vocabulary, which gives a NaN loss instead of a crash.
+TEST_F(CudaPerfTest, ChunkedLossOnAnOddVocabularyAndABadTarget) {
+  const int64_t rows = 300, features = 64, vocab = 1001;
+  auto opts = torch::TensorOptions().device(torch::kCUDA);
+  for (auto dtype : {torch::kFloat, torch::kHalf, torch::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    auto hidden = torch::randn({rows, features}, opts.dtype(dtype)).requires_grad_();
+    auto weight = (torch::randn({vocab, features}, opts.dtype(dtype)) * 0.2).requires_grad_();
+    auto targets = torch::randint(0, vocab, {rows}, opts.dtype(torch::kLong));
+    targets.index_put_({torch::arange(0, rows, 5, opts.dtype(torch::kLong))}, -100);
+    auto plain = torch::nn::functional::cross_entropy(
+        torch::nn::functional::linear(hidden, weight).to(torch::kFloat), targets,
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    auto want = torch::autograd::grad({plain}, {hidden, weight});
+    auto chunked = remat::nn::linear_cross_entropy(
+        hidden, weight, targets, {}, remat::nn::LinearCrossEntropyOptions().chunk_rows(128));
+    auto got = torch::autograd::grad({chunked}, {hidden, weight});
+    const double tol = dtype == torch::kFloat ? 1e-5 : 2e-2;
+    EXPECT_LE(relative_error(chunked, plain), dtype == torch::kFloat ? 1e-6 : 1e-3);
+    EXPECT_LE(relative_error(got[0], want[0]), tol);
+    EXPECT_LE(relative_error(got[1], want[1]), tol);
+
+    auto bad = targets.clone();
+    bad.index_put_({3}, vocab + 5);
+    torch::NoGradGuard no_grad;
+    auto loss = remat::nn::linear_cross_entropy(hidden, weight, bad);
+    EXPECT_TRUE(std::isnan(loss.item<double>()));
+  }
+}
+
 TEST_F(CudaPerfTest, FusedAndForeachAdamWEqualTorchAdamW) {
   using remat::optim::AdamWImplementation;
   for (auto implementation : {AdamWImplementation::kForeach, AdamWImplementation::kFused}) {

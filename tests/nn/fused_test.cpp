@@ -105,6 +105,14 @@ TEST_P(FusedCpuTest, RotaryBroadcastsABatchOfOneCosAndSin) {
               plain_rotary_bhtd(x.transpose(1, 2), cos, sin).transpose(1, 2));
 }
 
+TEST_P(FusedCpuTest, RotaryWithAnOutputDtypeIsTheCastResult) {
+  auto x = torch::randn({2, 4, 3, 8}, opts());
+  auto cos = torch::randn({2, 4, 8}), sin = torch::randn({2, 4, 8});
+  auto out = remat::nn::rotary(x, cos, sin, GetParam());
+  EXPECT_EQ(out.scalar_type(), GetParam());
+  expect_same(out, remat::nn::rotary(x, cos, sin).to(GetParam()));
+}
+
 TEST_P(FusedCpuTest, RmsNormIsThePlainExpression) {
   auto x = torch::randn({2, 7, 24}, opts()).requires_grad_();
   auto weight = (1 + 0.1 * torch::randn({24}, opts())).requires_grad_();

@@ -51,7 +51,13 @@ torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up);
 /// one rounding per output; products and sums are rounded as ATen rounds
 /// them in float32, so with float32 output the forward equals the plain
 /// expression bit for bit.
-torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+///
+/// `dtype`, when given, is the result's dtype: the same as `.to(dtype)` on
+/// the result, in one step on CUDA when it is x's dtype (say bf16 x and
+/// float32 cos under autocast, whose attention casts q and k to bf16
+/// anyway: the float32 result rounded to bf16, without writing it first).
+torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                     std::optional<at::ScalarType> dtype = std::nullopt);
 
 /// Root-mean-square normalization over the last dimension, as transformers'
 /// LlamaRMSNorm: `weight * (x.float() * rsqrt(mean(x.float()^2) + eps)).to(x.dtype)`.
