@@ -382,16 +382,32 @@ void restore(DiscardedOutputs& state) {
   auto outputs = replay(region, inputs, grad);
   if (region.options.determinism_check() == "default") check_replay_outputs(region, outputs);
   torch::NoGradGuard no_grad;
+  std::vector<bool> moved(state.outputs.size(), false);
   for (size_t k = 0; k < state.outputs.size(); ++k) {
     if (state.nbytes[k] == 0) continue;
     const auto& out = state.outputs[k];
+    const auto& again = outputs[k];
     auto* impl = out.storage().unsafeGetStorageImpl();
-    impl->set_data_ptr_noswap(impl->allocator()->allocate(state.nbytes[k]));
+    // The replayed output's memory itself, when nothing else holds it (no
+    // node of the replayed graph saved it) and it is laid out alike: the
+    // replayed tensor stays only as the root of the region's backward, which
+    // reads no data of it.
+    if (again.has_storage() && again.storage().use_count() == 1 &&
+        again.storage().nbytes() == state.nbytes[k] && again.dtype() == out.dtype() &&
+        again.storage_offset() == out.storage_offset() && again.sizes() == out.sizes() &&
+        again.strides() == out.strides() && again.device() == out.device()) {
+      auto* from = again.storage().unsafeGetStorageImpl();
+      impl->set_data_ptr_noswap(from->set_data_ptr(c10::DataPtr(nullptr, from->device())));
+      from->set_nbytes(0);
+      moved[k] = true;
+    } else {
+      impl->set_data_ptr_noswap(impl->allocator()->allocate(state.nbytes[k]));
+    }
     impl->set_nbytes(state.nbytes[k]);
   }
   for (size_t k = 0; k < state.outputs.size(); ++k) {
     const auto& out = state.outputs[k];
-    if (!out.has_storage() || out.storage().nbytes() == 0) continue;
+    if (moved[k] || !out.has_storage() || out.storage().nbytes() == 0) continue;
     // A fresh tensor over the same memory: writing through it leaves the
     // version counter the consumer's saved tensors check untouched.
     auto alias = torch::empty({0}, out.options());

@@ -329,6 +329,12 @@ TEST_F(CheckpointTest, KeepsOnlyTheInputsBetweenForwardAndBackward) {
 
 namespace {
 
+Tensors parameter_grads_of(const Tensors& tensors) {
+  Tensors grads;
+  for (const auto& t : tensors) grads.push_back(t.grad().clone());
+  return grads;
+}
+
 // fc2(dropout(gelu(fc1(x)))) with fc1, the activation and dropout as the
 // region and fc2 as its consumer; `seen` receives the region's output.
 Tensors mlp_without_output(Mlp& mlp, const torch::Tensor& x, double dropout, int* replays,
@@ -393,6 +399,28 @@ TEST_F(CheckpointTest, WithoutOutputFreesTheOutputUntilTheConsumersBackward) {
   loss.backward();
   EXPECT_EQ(seen.storage().nbytes(), want.nbytes());
   EXPECT_TRUE(bitwise_equal(seen, want));
+}
+
+// tanh keeps its result for its backward, so the replayed output cannot
+// lend its memory: it is copied into the freed tensor instead.
+TEST_F(CheckpointTest, WithoutOutputCopiesAnOutputTheReplayKeeps) {
+  auto w1 = torch::randn({16, 32}, torch::requires_grad());
+  auto w2 = torch::randn({32, 8}, torch::requires_grad());
+  auto x = torch::randn({4, 16}, torch::requires_grad());
+  torch::Tensor seen;
+  auto y = remat::checkpoint_without_output(
+      [&](const Tensors& in) { return Tensors{torch::tanh(in[0].mm(w1))}; }, {x}, {w1},
+      [&](const Tensors& h) {
+        seen = h[0];
+        return Tensors{h[0].mm(w2)};
+      })[0];
+  EXPECT_EQ(seen.storage().nbytes(), 0u);
+  y.square().sum().backward();
+  EXPECT_TRUE(bitwise_equal(seen, torch::tanh(x.mm(w1)).detach()));
+  auto got = parameter_grads_of({x, w1, w2});
+  for (auto* t : {&x, &w1, &w2}) t->mutable_grad() = torch::Tensor();
+  torch::tanh(x.mm(w1)).mm(w2).square().sum().backward();
+  expect_all_bitwise_equal(got, parameter_grads_of({x, w1, w2}));
 }
 
 TEST_F(CheckpointTest, WithoutOutputWithFrozenInputAndBf16Autocast) {

@@ -103,15 +103,15 @@ struct GPT2BlockImpl : nn::CheckpointableModule {
 
   // ln_2 and the MLP on the residual stream `y`.
   Tensor mlp_forward(const Tensor& y) {
-    if (checkpoints(nn::Granularity::kMlpUp)) {
-      auto params = trainable_parameters(*ln_2);
-      auto fc = trainable_parameters(*mlp->c_fc);
-      params.insert(params.end(), fc.begin(), fc.end());
-      return remat::checkpoint_without_output(
-          [this](const Tensors& in) { return Tensors{mlp->up(ln_2(in[0]))}; }, {y}, params,
-          [this](const Tensors& h) { return Tensors{mlp->down(h[0])}; }, checkpoint_options())[0];
-    }
     auto h = ln_2(y);
+    if (checkpoints(nn::Granularity::kMlpUp)) {
+      // The norm's output in the dtype c_fc reads (what it would keep) is the
+      // region's input.
+      return remat::checkpoint_without_output(
+          [this](const Tensors& in) { return Tensors{mlp->up(in[0])}; }, {autocast_input(h)},
+          trainable_parameters(*mlp->c_fc),
+          [this](const Tensors& a) { return Tensors{mlp->down(a[0])}; }, checkpoint_options())[0];
+    }
     return checkpoints(nn::Granularity::kMlp) ? remat::checkpoint(mlp, h) : mlp(h);
   }
 

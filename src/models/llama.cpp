@@ -202,23 +202,16 @@ struct LlamaDecoderLayerImpl : nn::CheckpointableModule {
 
   // The MLP and its norm on the residual stream `y`.
   Tensor mlp_forward(const Tensor& y) {
+    auto h = autocast_input(post_attention_layernorm(y));
     if (checkpoints(nn::Granularity::kMlpUp)) {
-      std::vector<Tensor> params;
-      for (const torch::nn::Module* m :
-           {static_cast<torch::nn::Module*>(post_attention_layernorm.get()),
-            static_cast<torch::nn::Module*>(mlp->gate_proj.get()),
-            static_cast<torch::nn::Module*>(mlp->up_proj.get())}) {
-        auto p = trainable_parameters(*m);
-        params.insert(params.end(), p.begin(), p.end());
-      }
+      auto params = trainable_parameters(*mlp->gate_proj);
+      auto up = trainable_parameters(*mlp->up_proj);
+      params.insert(params.end(), up.begin(), up.end());
       return remat::checkpoint_without_output(
-          [this](const Tensors& in) {
-            return Tensors{mlp->act(autocast_input(post_attention_layernorm(in[0])))};
-          },
-          {y}, params, [this](const Tensors& h) { return Tensors{mlp->down_proj(h[0])}; },
+          [this](const Tensors& in) { return Tensors{mlp->act(in[0])}; }, {h}, params,
+          [this](const Tensors& a) { return Tensors{mlp->down_proj(a[0])}; },
           checkpoint_options())[0];
     }
-    auto h = autocast_input(post_attention_layernorm(y));
     return checkpoints(nn::Granularity::kMlp) ? remat::checkpoint(mlp, h) : mlp(h);
   }
 

@@ -35,9 +35,9 @@ namespace remat::nn {
 /// Transformer layer, the selective policies that trade less memory saving
 /// for less recompute:
 /// - kAttention, kMlp: that sub-block, replayed whole in the backward;
-/// - kMlpUp: the MLP up to its output projection (the MLP's input norm, its
-///   up and gate projections and the activation), through
-///   checkpoint_without_output(): nothing of it is kept, and the output
+/// - kMlpUp: the MLP up to its output projection (its up and gate
+///   projections and the activation), through checkpoint_without_output():
+///   only the MLP's input (the norm's output) is kept, and the output
 ///   projection, whose input is recomputed just before its backward, is not
 ///   replayed. Cheaper than kMlp for most of its saving.
 enum class Granularity { kBlock, kAttention, kMlp, kMlpUp };
