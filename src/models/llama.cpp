@@ -18,7 +18,12 @@ struct RMSNormImpl : torch::nn::Module {
   RMSNormImpl(int64_t dim, double eps)
       : eps(eps), weight(register_parameter("weight", torch::ones({dim}))) {}
   // transformers' LlamaRMSNorm; ATen's fused kernel on CUDA (remat::nn::rms_norm).
-  Tensor forward(const Tensor& x) { return remat::nn::rms_norm(x, weight, eps); }
+  // With `dtype`, the same then `.to(*dtype)`: on CUDA one kernel that rounds
+  // the float32 result once to `dtype`, as a decoder layer's norms give
+  // autocast's dtype to the projections that read them.
+  Tensor forward(const Tensor& x, std::optional<at::ScalarType> dtype = std::nullopt) {
+    return remat::nn::rms_norm(x, weight, eps, dtype);
+  }
   double eps;
   Tensor weight;
 };
@@ -189,7 +194,7 @@ struct LlamaDecoderLayerImpl : nn::CheckpointableModule {
                   const std::optional<Tensor>& mask, bool is_causal,
                   const std::optional<Tensor>& past_k, const std::optional<Tensor>& past_v,
                   bool use_cache) {
-    auto h = autocast_input(input_layernorm(x));
+    auto h = input_layernorm->forward(x, autocast_dtype(x));
     auto a =
         checkpoints(nn::Granularity::kAttention)
             ? remat::checkpoint(self_attn, h, cos, sin, mask, is_causal, past_k, past_v, use_cache)
@@ -213,12 +218,13 @@ struct LlamaDecoderLayerImpl : nn::CheckpointableModule {
       }
       return remat::checkpoint_without_output(
           [this](const Tensors& in) {
-            return Tensors{mlp->act(autocast_input(post_attention_layernorm(in[0])))};
+            return Tensors{
+                mlp->act(post_attention_layernorm->forward(in[0], autocast_dtype(in[0])))};
           },
           {y}, params, [this](const Tensors& h) { return Tensors{mlp->down_proj(h[0])}; },
           checkpoint_options())[0];
     }
-    auto h = autocast_input(post_attention_layernorm(y));
+    auto h = post_attention_layernorm->forward(y, autocast_dtype(y));
     return checkpoints(nn::Granularity::kMlp) ? remat::checkpoint(mlp, h) : mlp(h);
   }
 
