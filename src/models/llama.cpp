@@ -18,7 +18,12 @@ struct RMSNormImpl : torch::nn::Module {
   RMSNormImpl(int64_t dim, double eps)
       : eps(eps), weight(register_parameter("weight", torch::ones({dim}))) {}
   // transformers' LlamaRMSNorm; ATen's fused kernel on CUDA (remat::nn::rms_norm).
-  Tensor forward(const Tensor& x) { return remat::nn::rms_norm(x, weight, eps); }
+  // With `dtype`, the same then `.to(*dtype)`: on CUDA one kernel that rounds
+  // the float32 result once to `dtype`, as a decoder layer's norms give
+  // autocast's dtype to the projections that read them.
+  Tensor forward(const Tensor& x, std::optional<at::ScalarType> dtype = std::nullopt) {
+    return remat::nn::rms_norm(x, weight, eps, dtype);
+  }
   double eps;
   Tensor weight;
 };
@@ -189,7 +194,7 @@ struct LlamaDecoderLayerImpl : nn::CheckpointableModule {
                   const std::optional<Tensor>& mask, bool is_causal,
                   const std::optional<Tensor>& past_k, const std::optional<Tensor>& past_v,
                   bool use_cache) {
-    auto h = autocast_input(input_layernorm(x));
+    auto h = input_layernorm->forward(x, autocast_dtype(x));
     auto a =
         checkpoints(nn::Granularity::kAttention)
             ? remat::checkpoint(self_attn, h, cos, sin, mask, is_causal, past_k, past_v, use_cache)
@@ -202,7 +207,7 @@ struct LlamaDecoderLayerImpl : nn::CheckpointableModule {
 
   // The MLP and its norm on the residual stream `y`.
   Tensor mlp_forward(const Tensor& y) {
-    auto h = autocast_input(post_attention_layernorm(y));
+    auto h = post_attention_layernorm->forward(y, autocast_dtype(y));
     if (checkpoints(nn::Granularity::kMlpUp)) {
       auto params = trainable_parameters(*mlp->gate_proj);
       auto up = trainable_parameters(*mlp->up_proj);

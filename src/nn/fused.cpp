@@ -237,6 +237,86 @@ struct RotaryFunction : torch::autograd::Function<RotaryFunction> {
   }
 };
 
+// ---- RMSNorm ----------------------------------------------------------------
+
+// x and weight of one kernel dtype, on one device, x with a unit last stride
+// (its rows are copied when they are not dense); the output in x's dtype, or
+// float32 x into a 16-bit output. (A 16-bit x into the other 16-bit dtype
+// runs the call without dtype and casts: rounding the float32 value once to
+// the target could differ from that by more than one of its ulps.)
+bool rms_norm_takes(const Tensor& x, const Tensor& weight, at::ScalarType out_dtype) {
+  const auto xt = x.scalar_type();
+  const bool dtypes = out_dtype == xt ||
+                      (xt == at::kFloat && (out_dtype == at::kBFloat16 || out_dtype == at::kHalf));
+  return x.is_cuda() && x.layout() == at::kStrided && weight.layout() == at::kStrided &&
+         weight.device() == x.device() && weight.scalar_type() == xt && kernel_dtype(xt) &&
+         dtypes && x.numel() > 0 && x.stride(-1) == 1;
+}
+
+struct RmsNormFunction : torch::autograd::Function<RmsNormFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight, double eps,
+                        at::ScalarType out_dtype) {
+    c10::cuda::CUDAGuard guard(x.device());
+    const int64_t hidden = x.size(-1), rows = x.numel() / hidden;
+    const auto xc = x.contiguous();
+    const auto wc = weight.contiguous();
+    auto out = torch::empty(x.sizes(), x.options().dtype(out_dtype));
+    auto rstd = torch::empty({rows}, x.options().dtype(at::kFloat));
+    check_launch(
+        kernels::rms_norm_forward(xc.data_ptr(), wc.data_ptr(), to_kernel(x.scalar_type()),
+                                  out.data_ptr(), to_kernel(out_dtype), rstd.data_ptr<float>(),
+                                  rows, hidden, static_cast<float>(eps), current_stream(x)),
+        "rms_norm");
+    ctx->save_for_backward({x, weight, rstd});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["out_dtype"] = static_cast<int64_t>(out_dtype);
+    return out;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& weight = saved[1];
+    const auto& rstd = saved[2];
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const auto out_dtype = static_cast<at::ScalarType>(ctx->saved_data["out_dtype"].toInt());
+    const auto& grad = grads[0];
+    if (!grad.defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};
+    if (torch::GradMode::is_enabled()) {
+      // create_graph: the formula in differentiable ops, for double backward.
+      const auto xf = x.to(at::kFloat), d = grad.to(at::kFloat);
+      const auto r = torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+      const auto xh = xf * r;
+      const auto g = d * weight.to(at::kFloat);
+      const auto grad_x = r * (g - xh * (g * xh).mean(-1, /*keepdim=*/true));
+      const auto grad_w = (d * xh).reshape({-1, x.size(-1)}).sum(0);
+      return {grad_x.to(x.scalar_type()), grad_w.to(weight.scalar_type()), Tensor(), Tensor()};
+    }
+    const bool want_x = ctx->needs_input_grad(0), want_w = ctx->needs_input_grad(1);
+    if (!want_x && !want_w) return {Tensor(), Tensor(), Tensor(), Tensor()};
+    c10::cuda::CUDAGuard guard(x.device());
+    const int64_t hidden = x.size(-1), rows = x.numel() / hidden;
+    const auto xk = to_kernel(x.scalar_type()), ok = to_kernel(out_dtype);
+    const auto d = grad.to(out_dtype).contiguous();
+    const auto xc = x.contiguous();
+    const auto wc = weight.contiguous();
+    const int64_t blocks = kernels::rms_norm_backward_blocks(rows, hidden, xk, ok);
+    Tensor grad_x, grad_w, workspace;
+    if (want_x) grad_x = torch::empty(x.sizes(), x.options());
+    if (want_w) {
+      grad_w = torch::empty({hidden}, weight.options());
+      workspace = torch::empty({blocks, hidden}, x.options().dtype(at::kFloat));
+    }
+    check_launch(kernels::rms_norm_backward(
+                     d.data_ptr(), ok, xc.data_ptr(), wc.data_ptr(), xk, rstd.data_ptr<float>(),
+                     want_x ? grad_x.data_ptr() : nullptr, want_w ? grad_w.data_ptr() : nullptr,
+                     want_w ? workspace.data_ptr<float>() : nullptr, blocks, rows, hidden,
+                     current_stream(x)),
+                 "rms_norm backward");
+    return {grad_x, grad_w, Tensor(), Tensor()};
+  }
+};
+
 #endif  // REMAT_HAVE_CUDA_KERNELS
 
 }  // namespace
@@ -295,16 +375,25 @@ Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin,
   return dtype ? out.to(*dtype) : out;
 }
 
-Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps,
+                std::optional<at::ScalarType> dtype) {
   check_rms_norm(x, weight);
+#ifdef REMAT_HAVE_CUDA_KERNELS
+  if (dtype && rms_norm_takes(x, weight, *dtype)) {
+    return RmsNormFunction::apply(x, weight, eps, *dtype);
+  }
+#endif
   // ATen's rms_norm dispatches to _fused_rms_norm (a CUDA kernel with its own
   // backward) for inputs like these; calling it directly also keeps the
   // result in x's dtype under autocast, as the plain expression does.
+  Tensor out;
   if (x.is_cuda() && weight.device() == x.device() && x.scalar_type() == weight.scalar_type() &&
       kernel_dtype(x.scalar_type()) && x.layout() == at::kStrided && x.numel() > 0) {
-    return std::get<0>(at::_fused_rms_norm(x, {x.size(-1)}, weight, eps));
+    out = std::get<0>(at::_fused_rms_norm(x, {x.size(-1)}, weight, eps));
+  } else {
+    out = rms_norm_composite(x, weight, eps);
   }
-  return rms_norm_composite(x, weight, eps);
+  return dtype ? out.to(*dtype) : out;
 }
 
 }  // namespace remat::nn

@@ -1,8 +1,10 @@
-// The fused elementwise kernels of remat/nn/fused.h: SwiGLU and rotary
-// embeddings, forward and backward. Memory-bound: every kernel reads its
-// inputs once, computes in float32 and writes each output once, rounded once.
-// Loads and stores are 16 bytes wide (8 x bf16/fp16, 4 x fp32) when every
-// pointer and row is aligned for it, else one element at a time.
+// The fused kernels of remat/nn/fused.h: SwiGLU, rotary embeddings and
+// RMSNorm, forward and backward (and the chunked loss's cross-entropy rows).
+// Memory-bound: every kernel reads its inputs from memory once (RMSNorm reads
+// a row a second time, from cache), computes in float32 and writes each
+// output once, rounded once. Loads and stores are 16 bytes wide (8 x
+// bf16/fp16, 4 x fp32) when every pointer and row is aligned for it, else one
+// element at a time.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -439,6 +441,331 @@ const char* cross_entropy_rows(void* logits, DType dtype, const int64_t* targets
           x, targets, losses, vocab, ignore_index, grad);
     }
     return launch_status();
+  });
+}
+
+}  // namespace remat::nn::kernels
+
+// ---- RMSNorm ---------------------------------------------------------------------
+
+namespace remat::nn::kernels {
+namespace {
+
+constexpr int kRmsThreads = 256;
+// The backward keeps each block's sums of grad_weight in shared memory up to
+// this many bytes (hidden <= 10240; a block may have 48 KiB without opting
+// in), else in the block's row of the workspace itself.
+constexpr int64_t kRmsSharedBytes = 40 * 1024;
+// The rows of the workspace: at most this many blocks in the backward.
+constexpr int64_t kRmsMaxBackwardBlocks = 4096;
+// The workspace reduction: kReduceColumns consecutive columns per block (one
+// 128-byte line per workspace row), kReduceRows threads down each column.
+constexpr int kReduceColumns = 32;
+constexpr int kReduceRows = 16;
+
+// The sum of v over the block, the same in every thread, added in a fixed
+// order. blockDim.x is a multiple of 32; every thread of the block calls it.
+__device__ float block_sum(float v) {
+  __shared__ float warps[32];
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warps[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  const int n = blockDim.x / 32;
+  for (int w = 0; w < n; ++w) total += warps[w];
+  __syncthreads();  // all have read warps[] before a later call writes it
+  return total;
+}
+
+// One block per row (grid-stride over the rows), V elements per load; hidden
+// is a multiple of V. The row is read twice: for its sum of squares, then
+// (from cache) for the output.
+template <typename TX, typename TO, int V>
+__global__ void __launch_bounds__(kRmsThreads)
+    rms_norm_forward_kernel(const TX* __restrict__ x, const TX* __restrict__ weight,
+                            TO* __restrict__ out, float* __restrict__ rstd_out, int64_t rows,
+                            int64_t hidden, float eps) {
+  const int64_t vectors = hidden / V;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const TX* xr = x + row * hidden;
+    float sum = 0.0f;
+    for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
+      const auto v = load<TX, V>(xr + i * V);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float f = to_float(v.v[k]);
+        sum = fmaf(f, f, sum);
+      }
+    }
+    const float rstd = rsqrtf(block_sum(sum) / static_cast<float>(hidden) + eps);
+    if (rstd_out != nullptr && threadIdx.x == 0) rstd_out[row] = rstd;
+    TO* orow = out + row * hidden;
+    for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
+      const auto v = load<TX, V>(xr + i * V);
+      const auto w = load<TX, V>(weight + i * V);
+      Vec<TO, V> o;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        // weight * (x * rstd), as transformers orders it; one rounding.
+        o.v[k] = from_float<TO>(to_float(w.v[k]) * (to_float(v.v[k]) * rstd));
+      }
+      store(orow + i * V, o);
+    }
+  }
+}
+
+// One block per row (grid-stride over the rows). With xh = x * rstd and
+// g = grad_out * weight: grad_x = rstd * (g - xh * mean(g * xh)); the block
+// adds grad_out * xh of its rows into acc, its own sums of grad_weight, with
+// element k of vector i (column i * V + k) at acc[k * vectors + i] so that
+// consecutive threads touch consecutive addresses. acc is dynamic shared
+// memory (shared_acc) or the block's row of the workspace; either way it ends
+// in the workspace row, in that layout.
+template <typename TX, typename TO, int V>
+__global__ void __launch_bounds__(kRmsThreads)
+    rms_norm_backward_kernel(const TO* __restrict__ grad_out, const TX* __restrict__ x,
+                             const TX* __restrict__ weight, const float* __restrict__ rstd,
+                             TX* __restrict__ grad_x, float* __restrict__ workspace,
+                             bool shared_acc, int64_t rows, int64_t hidden) {
+  extern __shared__ float shared[];
+  const int64_t vectors = hidden / V;
+  const bool want_w = workspace != nullptr;
+  float* acc = !want_w ? nullptr : shared_acc ? shared : workspace + blockIdx.x * hidden;
+  if (want_w) {
+    // Each thread owns (and alone touches) the entries of its vectors.
+    for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[k * vectors + i] = 0.0f;
+    }
+  }
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const float r = rstd[row];
+    const TO* dyr = grad_out + row * hidden;
+    const TX* xr = x + row * hidden;
+    float c = 0.0f;
+    if (grad_x != nullptr) {
+      float dot = 0.0f;
+      for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
+        const auto dy = load<TO, V>(dyr + i * V);
+        const auto xv = load<TX, V>(xr + i * V);
+        const auto w = load<TX, V>(weight + i * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          dot = fmaf(to_float(dy.v[k]) * to_float(w.v[k]), to_float(xv.v[k]) * r, dot);
+        }
+      }
+      c = block_sum(dot) / static_cast<float>(hidden);
+    }
+    TX* gxr = grad_x == nullptr ? nullptr : grad_x + row * hidden;
+    for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
+      const auto dy = load<TO, V>(dyr + i * V);
+      const auto xv = load<TX, V>(xr + i * V);
+      if (want_w) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          acc[k * vectors + i] =
+              fmaf(to_float(dy.v[k]), to_float(xv.v[k]) * r, acc[k * vectors + i]);
+        }
+      }
+      if (gxr != nullptr) {
+        const auto w = load<TX, V>(weight + i * V);
+        Vec<TX, V> o;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const float g = to_float(dy.v[k]) * to_float(w.v[k]);
+          const float xh = to_float(xv.v[k]) * r;
+          o.v[k] = from_float<TX>(r * (g - xh * c));
+        }
+        store(gxr + i * V, o);
+      }
+    }
+  }
+  if (want_w && shared_acc) {
+    float* dst = workspace + blockIdx.x * hidden;
+    for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) dst[k * vectors + i] = acc[k * vectors + i];
+    }
+  }
+}
+
+// grad_weight from the workspace [blocks, hidden] (rows in the backward
+// kernel's layout for vectors of v): each column summed over the blocks in a
+// fixed order (kReduceRows strided partial sums, then those in order), one
+// rounding.
+template <typename TW>
+__global__ void __launch_bounds__(kReduceColumns* kReduceRows)
+    rms_norm_weight_grad_kernel(const float* __restrict__ workspace, TW* __restrict__ grad_weight,
+                                int64_t blocks, int64_t hidden, int v) {
+  __shared__ float sums[kReduceRows][kReduceColumns + 1];
+  const int cx = threadIdx.x % kReduceColumns, ry = threadIdx.x / kReduceColumns;
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * kReduceColumns + cx;
+  float s = 0.0f;
+  if (p < hidden) {
+    for (int64_t b = ry; b < blocks; b += kReduceRows) s += workspace[b * hidden + p];
+  }
+  sums[ry][cx] = s;
+  __syncthreads();
+  if (ry == 0 && p < hidden) {
+    float total = 0.0f;
+#pragma unroll
+    for (int r = 0; r < kReduceRows; ++r) total += sums[r][cx];
+    const int64_t vectors = hidden / v;
+    const int64_t k = p / vectors, i = p - k * vectors;
+    grad_weight[i * v + k] = from_float<TW>(total);
+  }
+}
+
+template <typename TX, typename TO>
+constexpr int rms_vector() {
+  return static_cast<int>(16 / std::min(sizeof(TX), sizeof(TO)));
+}
+
+// Threads per block for rows of `vectors` loads: whole warps, at most
+// kRmsThreads.
+int rms_threads(int64_t vectors) {
+  const int64_t warps = std::max<int64_t>((vectors + 31) / 32, 1);
+  return static_cast<int>(std::min<int64_t>(warps * 32, kRmsThreads));
+}
+
+bool rms_shared_acc(int64_t hidden) {
+  return hidden * static_cast<int64_t>(sizeof(float)) <= kRmsSharedBytes;
+}
+
+// Calls f(TX{}, TO{}) with the C++ types of the two dtypes: the same one, or
+// float32 x with a 16-bit output.
+template <typename F>
+const char* dispatch_rms(DType x_dtype, DType out_dtype, F&& f) {
+  if (x_dtype == out_dtype) {
+    return dispatch(x_dtype, [&](auto t) { return f(t, t); });
+  }
+  if (x_dtype == DType::kFloat32) {
+    if (out_dtype == DType::kFloat16) return f(float{}, __half{});
+    if (out_dtype == DType::kBFloat16) return f(float{}, __nv_bfloat16{});
+  }
+  return "rms_norm: unsupported dtype combination";
+}
+
+template <typename TX, typename TO>
+const char* rms_norm_forward_typed(const void* x, const void* weight, void* out, float* rstd,
+                                   int64_t rows, int64_t hidden, float eps, cudaStream_t stream) {
+  constexpr int V = rms_vector<TX, TO>();
+  const bool vectorized = hidden % V == 0 && aligned(x, sizeof(TX) * V) &&
+                          aligned(weight, sizeof(TX) * V) && aligned(out, sizeof(TO) * V);
+  const auto blocks = static_cast<unsigned>(std::min(rows, kMaxBlocks));
+  const auto* tx = static_cast<const TX*>(x);
+  const auto* tw = static_cast<const TX*>(weight);
+  auto* to = static_cast<TO*>(out);
+  if (vectorized) {
+    rms_norm_forward_kernel<TX, TO, V>
+        <<<blocks, rms_threads(hidden / V), 0, stream>>>(tx, tw, to, rstd, rows, hidden, eps);
+  } else {
+    rms_norm_forward_kernel<TX, TO, 1>
+        <<<blocks, rms_threads(hidden), 0, stream>>>(tx, tw, to, rstd, rows, hidden, eps);
+  }
+  return launch_status();
+}
+
+// The blocks of the backward kernel that fit on the device at once (at most
+// one per row): enough to keep it busy, and as few workspace rows as that.
+template <typename TX, typename TO>
+int64_t rms_norm_backward_blocks_typed(int64_t rows, int64_t hidden) {
+  constexpr int V = rms_vector<TX, TO>();
+  const bool vectorized = hidden % V == 0;
+  const int threads = rms_threads(vectorized ? hidden / V : hidden);
+  const size_t shared = rms_shared_acc(hidden) ? hidden * sizeof(float) : 0;
+  int device = 0, sms = 0, per_sm = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) {
+    err = vectorized ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                           &per_sm, rms_norm_backward_kernel<TX, TO, V>, threads, shared)
+                     : cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                           &per_sm, rms_norm_backward_kernel<TX, TO, 1>, threads, shared);
+  }
+  int64_t blocks = 1024;
+  if (err == cudaSuccess && sms > 0 && per_sm > 0) {
+    blocks = static_cast<int64_t>(sms) * per_sm;
+  } else {
+    (void)cudaGetLastError();  // a failed query is not a launch error
+  }
+  return std::max<int64_t>(1, std::min({blocks, rows, kRmsMaxBackwardBlocks}));
+}
+
+template <typename TX, typename TO>
+const char* rms_norm_backward_typed(const void* grad_out, const void* x, const void* weight,
+                                    const float* rstd, void* grad_x, void* grad_weight,
+                                    float* workspace, int64_t blocks, int64_t rows, int64_t hidden,
+                                    cudaStream_t stream) {
+  constexpr int V = rms_vector<TX, TO>();
+  const bool vectorized = hidden % V == 0 && aligned(grad_out, sizeof(TO) * V) &&
+                          aligned(x, sizeof(TX) * V) && aligned(weight, sizeof(TX) * V) &&
+                          (grad_x == nullptr || aligned(grad_x, sizeof(TX) * V));
+  const bool want_w = grad_weight != nullptr;
+  const bool shared_acc = want_w && rms_shared_acc(hidden);
+  const size_t shared = shared_acc ? hidden * sizeof(float) : 0;
+  float* ws = want_w ? workspace : nullptr;
+  const auto* dy = static_cast<const TO*>(grad_out);
+  const auto* tx = static_cast<const TX*>(x);
+  const auto* tw = static_cast<const TX*>(weight);
+  auto* gx = static_cast<TX*>(grad_x);
+  const auto grid = static_cast<unsigned>(blocks);
+  if (vectorized) {
+    rms_norm_backward_kernel<TX, TO, V><<<grid, rms_threads(hidden / V), shared, stream>>>(
+        dy, tx, tw, rstd, gx, ws, shared_acc, rows, hidden);
+  } else {
+    rms_norm_backward_kernel<TX, TO, 1><<<grid, rms_threads(hidden), shared, stream>>>(
+        dy, tx, tw, rstd, gx, ws, shared_acc, rows, hidden);
+  }
+  if (const char* err = launch_status()) return err;
+  if (want_w) {
+    const auto columns = static_cast<unsigned>((hidden + kReduceColumns - 1) / kReduceColumns);
+    rms_norm_weight_grad_kernel<TX><<<columns, kReduceColumns * kReduceRows, 0, stream>>>(
+        workspace, static_cast<TX*>(grad_weight), blocks, hidden, vectorized ? V : 1);
+  }
+  return launch_status();
+}
+
+}  // namespace
+
+const char* rms_norm_forward(const void* x, const void* weight, DType x_dtype, void* out,
+                             DType out_dtype, float* rstd, int64_t rows, int64_t hidden, float eps,
+                             void* stream) {
+  if (rows <= 0) return nullptr;
+  if (hidden <= 0) return "rms_norm: hidden must be positive";
+  return dispatch_rms(x_dtype, out_dtype, [&](auto tx, auto to) {
+    return rms_norm_forward_typed<decltype(tx), decltype(to)>(
+        x, weight, out, rstd, rows, hidden, eps, static_cast<cudaStream_t>(stream));
+  });
+}
+
+int64_t rms_norm_backward_blocks(int64_t rows, int64_t hidden, DType x_dtype, DType out_dtype) {
+  int64_t blocks = 1;
+  if (rows <= 0 || hidden <= 0) return blocks;
+  dispatch_rms(x_dtype, out_dtype, [&](auto tx, auto to) -> const char* {
+    blocks = rms_norm_backward_blocks_typed<decltype(tx), decltype(to)>(rows, hidden);
+    return nullptr;
+  });
+  return blocks;
+}
+
+const char* rms_norm_backward(const void* grad_out, DType out_dtype, const void* x,
+                              const void* weight, DType x_dtype, const float* rstd, void* grad_x,
+                              void* grad_weight, float* workspace, int64_t blocks, int64_t rows,
+                              int64_t hidden, void* stream) {
+  if (rows <= 0) return nullptr;
+  if (hidden <= 0) return "rms_norm backward: hidden must be positive";
+  if (blocks <= 0 || blocks > 0x7fffffff) return "rms_norm backward: bad number of blocks";
+  if (grad_weight != nullptr && workspace == nullptr) {
+    return "rms_norm backward: grad_weight needs a workspace";
+  }
+  if (grad_x == nullptr && grad_weight == nullptr) return nullptr;
+  return dispatch_rms(x_dtype, out_dtype, [&](auto tx, auto to) {
+    return rms_norm_backward_typed<decltype(tx), decltype(to)>(
+        grad_out, x, weight, rstd, grad_x, grad_weight, workspace, blocks, rows, hidden,
+        static_cast<cudaStream_t>(stream));
   });
 }
 

@@ -71,3 +71,39 @@ const char* cross_entropy_rows(void* logits, DType dtype, const int64_t* targets
                                void* stream);
 
 }  // namespace remat::nn::kernels
+
+namespace remat::nn::kernels {
+
+/// RMSNorm over the rows of x [rows, hidden] (dense, row-major, of x_dtype)
+/// with weight [hidden] (dense, of x_dtype): per row, in float32,
+/// rstd = rsqrt(sum(x^2) / hidden + eps) and
+/// out = weight * (x * rstd), rounded once to out_dtype (dense [rows, hidden]).
+/// Writes rstd[row] (float32) unless `rstd` is null. One block per row.
+/// Takes (x, out) dtypes (T, T) or (float32, float16 or bfloat16).
+const char* rms_norm_forward(const void* x, const void* weight, DType x_dtype, void* out,
+                             DType out_dtype, float* rstd, int64_t rows, int64_t hidden, float eps,
+                             void* stream);
+
+/// The number of rows of the float32 workspace rms_norm_backward needs (the
+/// workspace is [rms_norm_backward_blocks(...), hidden]): the blocks of its
+/// first kernel on the current device, at most `rows`.
+int64_t rms_norm_backward_blocks(int64_t rows, int64_t hidden, DType x_dtype, DType out_dtype);
+
+/// The gradients of rms_norm_forward from grad_out [rows, hidden] (dense, of
+/// out_dtype), the forward's x and weight (of x_dtype) and its rstd. With
+/// xh = x * rstd and g = grad_out * weight, in float32:
+///   grad_x = rstd * (g - xh * mean(g * xh)), rounded once to x_dtype
+///     (skipped when grad_x is null);
+///   grad_weight = sum over rows of grad_out * xh, rounded once to x_dtype
+///     (skipped when grad_weight is null).
+/// `blocks` is rms_norm_backward_blocks(rows, hidden, x_dtype, out_dtype) and
+/// `workspace` a float32 buffer of blocks * hidden elements (its contents on
+/// entry do not matter): each block sums the rows it handles into its own
+/// row of the workspace, then a second kernel adds the workspace's rows in a
+/// fixed order, so the result does not depend on scheduling.
+const char* rms_norm_backward(const void* grad_out, DType out_dtype, const void* x,
+                              const void* weight, DType x_dtype, const float* rstd, void* grad_x,
+                              void* grad_weight, float* workspace, int64_t blocks, int64_t rows,
+                              int64_t hidden, void* stream);
+
+}  // namespace remat::nn::kernels

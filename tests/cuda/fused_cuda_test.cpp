@@ -8,6 +8,8 @@
 #include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -301,6 +303,226 @@ TEST_P(FusedCudaTest, RmsNormOfMixedDtypesIsThePlainExpression) {
   EXPECT_TRUE(torch::equal(remat::nn::rms_norm(x, weight, 1e-5), plain_rms_norm(x, weight, 1e-5)));
 }
 
+// ---- RMSNorm into an output dtype (remat's kernel) -------------------------
+
+// The gradients' tolerance: one rounding to the dtype after float32 sums over
+// a row (grad_x) or over the rows (grad_weight).
+double grad_tolerance(torch::Dtype dtype) {
+  switch (dtype) {
+    case torch::kBFloat16:
+      return 2e-2;
+    case torch::kHalf:
+      return 4e-3;
+    default:
+      return 1e-5;
+  }
+}
+
+// The spacing of `dtype` at each |t| (float64): 2^(exponent - mantissa bits),
+// the subnormal spacing below the smallest normal.
+Tensor ulp_of(const Tensor& t, torch::Dtype dtype) {
+  const int mantissa = dtype == torch::kBFloat16 ? 7 : dtype == torch::kHalf ? 10 : 23;
+  const int min_exponent = dtype == torch::kHalf ? -14 : -126;
+  const auto a = f64(t).abs().clamp_min(std::ldexp(1.0, min_exponent));
+  return torch::exp2(torch::floor(torch::log2(a)) - mantissa);
+}
+
+Tensor plain_rms_norm_f64(const Tensor& xd, const Tensor& wd, double eps) {
+  return wd * xd * torch::rsqrt(xd.pow(2).mean(-1, /*keepdim=*/true) + eps);
+}
+
+bool is_remat_rms_norm(const Tensor& t) {
+  return name_of(t).find("RmsNormFunction") != std::string::npos;
+}
+
+// rms_norm(x, weight, eps, out_dtype) through the kernel: the forward against
+// the float64 plain expression and within `ulps` of the call without dtype
+// cast to out_dtype; grad_x and grad_weight against float64 autograd.
+void check_rms_norm_to(const Tensor& x_in, const Tensor& weight_in, torch::Dtype out_dtype,
+                       const std::string& what) {
+  SCOPED_TRACE(what);
+  const double eps = 1e-6;
+  const auto x_dtype = x_in.scalar_type();
+  auto x = x_in.detach().requires_grad_();
+  auto weight = weight_in.detach().requires_grad_();
+  auto out = remat::nn::rms_norm(x, weight, eps, out_dtype);
+  EXPECT_TRUE(is_remat_rms_norm(out)) << name_of(out);
+  ASSERT_EQ(out.scalar_type(), out_dtype);
+  ASSERT_EQ(out.sizes(), x.sizes());
+
+  auto xd = f64(x).requires_grad_(), wd = f64(weight).requires_grad_();
+  auto want = plain_rms_norm_f64(xd, wd, eps);
+  expect_close(out, want, tolerance(out_dtype), "forward");
+  {
+    // The float32 results (ATen's and the kernel's) differ in their last
+    // bits: one rounding apart in a 16-bit dtype, a few ulps in float32.
+    torch::NoGradGuard no_grad;
+    const auto cast = remat::nn::rms_norm(x.detach(), weight.detach(), eps).to(out_dtype);
+    const auto a = f64(out), b = f64(cast);
+    const double ulps = out_dtype == torch::kFloat ? 16 : 1;
+    const auto bound = ulps * ulp_of(torch::maximum(a.abs(), b.abs()), out_dtype);
+    const auto bad = (a - b).abs() > bound;
+    EXPECT_EQ(bad.sum().item<int64_t>(), 0)
+        << "more than " << ulps << " ulp from rms_norm(...).to(dtype); max |diff| "
+        << (a - b).abs().max().item<double>();
+  }
+
+  auto grad = torch::randn(out.sizes(), kCuda.dtype(out_dtype));
+  auto got = torch::autograd::grad({out}, {x, weight}, {grad});
+  auto ref = torch::autograd::grad({want}, {xd, wd}, {f64(grad)});
+  ASSERT_EQ(got[0].scalar_type(), x_dtype);
+  ASSERT_EQ(got[1].scalar_type(), x_dtype);
+  ASSERT_EQ(got[0].sizes(), x.sizes());
+  expect_close(got[0], ref[0], grad_tolerance(x_dtype), "grad_x");
+  expect_close(got[1], ref[1], grad_tolerance(x_dtype), "grad_weight");
+}
+
+struct RmsNormCase {
+  torch::Dtype x, out;
+};
+
+class RmsNormToDtypeCudaTest : public ::testing::TestWithParam<RmsNormCase> {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+    if (!remat::nn::fused_kernels_available()) {
+      GTEST_SKIP() << "remat was built without the fused CUDA kernels";
+    }
+    torch::manual_seed(0);
+  }
+  Tensor x(at::IntArrayRef sizes) const {
+    return torch::randn(sizes, kCuda.dtype(GetParam().x)) * 2;
+  }
+  Tensor weight(int64_t hidden) const {
+    return 1 + 0.1 * torch::randn({hidden}, kCuda.dtype(GetParam().x));
+  }
+};
+
+TEST_P(RmsNormToDtypeCudaTest, ForwardAndBackward) {
+  const auto out = GetParam().out;
+  // Vector widths 4 (float32 to float32) and 8 (any 16-bit tensor): 2048 and
+  // 24 are multiples of both; 37 and 2050 of neither (the scalar path).
+  for (int64_t hidden : {2048, 24, 37, 2050}) {
+    check_rms_norm_to(x({3, 7, hidden}), weight(hidden), out, "hidden " + std::to_string(hidden));
+  }
+  check_rms_norm_to(x({1, 2048}), weight(2048), out, "one row");
+  // Misaligned (scalar path) x, then weight; scaled in place, keeping the
+  // odd offset.
+  check_rms_norm_to(misaligned_randn({3, 7, 2048}, GetParam().x).mul_(2), weight(2048), out,
+                    "misaligned x");
+  check_rms_norm_to(x({3, 7, 2048}), misaligned_randn({2048}, GetParam().x).mul_(0.1).add_(1), out,
+                    "misaligned weight");
+  // Rows that are not dense (a unit last stride, a padded row stride).
+  check_rms_norm_to(x({4, 5, 2100}).narrow(2, 0, 2048), weight(2048), out, "padded rows");
+  // A row too wide for the backward's shared-memory sums (10240 floats): the
+  // workspace holds them.
+  check_rms_norm_to(x({9, 13000}), weight(13000), out, "hidden 13000");
+}
+
+TEST_P(RmsNormToDtypeCudaTest, ManyRows) {
+  // A Llama 0.85B step's rows: 4 x 2048 tokens of hidden 2048.
+  check_rms_norm_to(x({4, 2048, 2048}), weight(2048), GetParam().out, "8192 x 2048");
+}
+
+// The gradients bitwise the same from run to run (no atomics), and each one
+// the same when it is the only one asked for.
+TEST_P(RmsNormToDtypeCudaTest, BackwardIsDeterministic) {
+  const auto out_dtype = GetParam().out;
+  const auto x0 = x({64, 512}), w0 = weight(512);
+  const auto grad = torch::randn({64, 512}, kCuda.dtype(out_dtype));
+  auto run = [&](bool want_x, bool want_w) {
+    auto xx = x0.detach().requires_grad_(want_x);
+    auto ww = w0.detach().requires_grad_(want_w);
+    auto out = remat::nn::rms_norm(xx, ww, 1e-6, out_dtype);
+    EXPECT_TRUE(is_remat_rms_norm(out)) << name_of(out);
+    std::vector<Tensor> inputs;
+    if (want_x) inputs.push_back(xx);
+    if (want_w) inputs.push_back(ww);
+    return torch::autograd::grad({out}, inputs, {grad});
+  };
+  const auto first = run(true, true), second = run(true, true);
+  EXPECT_TRUE(torch::equal(first[0], second[0]));
+  EXPECT_TRUE(torch::equal(first[1], second[1]));
+  EXPECT_TRUE(torch::equal(run(true, false)[0], first[0]));
+  EXPECT_TRUE(torch::equal(run(false, true)[0], first[1]));
+}
+
+// create_graph: the first gradients from the formula in differentiable ops,
+// and their gradients, against float64.
+TEST_P(RmsNormToDtypeCudaTest, DoubleBackward) {
+  const auto out_dtype = GetParam().out, x_dtype = GetParam().x;
+  const double eps = 1e-6;
+  auto xx = x({5, 24}).requires_grad_();
+  auto ww = weight(24).requires_grad_();
+  auto xd = f64(xx).requires_grad_(), wd = f64(ww).requires_grad_();
+  auto grad = torch::randn({5, 24}, kCuda.dtype(out_dtype));
+  auto out = remat::nn::rms_norm(xx, ww, eps, out_dtype);
+  EXPECT_TRUE(is_remat_rms_norm(out)) << name_of(out);
+  auto first = torch::autograd::grad({out}, {xx, ww}, {grad}, true, true);
+  auto first_ref =
+      torch::autograd::grad({plain_rms_norm_f64(xd, wd, eps)}, {xd, wd}, {f64(grad)}, true, true);
+  // The formula in float32 ops over 5 rows of 24: cancellation leaves the
+  // smallest float32 gradients a little further from float64 than 1e-5.
+  const double tol = std::max(grad_tolerance(x_dtype), 1e-4);
+  expect_close(first[0], first_ref[0], tol, "grad_x");
+  expect_close(first[1], first_ref[1], tol, "grad_weight");
+  // A scalar of both first gradients, differentiated again. The factors are
+  // values of x's dtype: the first gradients' casts round what flows back
+  // through them to that dtype.
+  const auto cx = torch::randn({5, 24}, kCuda.dtype(x_dtype)).to(torch::kFloat);
+  const auto cw = torch::randn({24}, kCuda.dtype(x_dtype)).to(torch::kFloat);
+  auto second = torch::autograd::grad(
+      {(first[0].to(torch::kFloat) * cx).sum() + (first[1].to(torch::kFloat) * cw).sum()},
+      {xx, ww});
+  auto second_ref = torch::autograd::grad(
+      {(first_ref[0] * f64(cx)).sum() + (first_ref[1] * f64(cw)).sum()}, {xd, wd});
+  // Two roundings in the 16-bit dtypes: twice the one-rounding tolerance.
+  expect_close(second[0], second_ref[0], 2 * tol, "d(grads)/dx");
+  expect_close(second[1], second_ref[1], 2 * tol, "d(grads)/dweight");
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, RmsNormToDtypeCudaTest,
+                         ::testing::Values(RmsNormCase{torch::kFloat, torch::kBFloat16},
+                                           RmsNormCase{torch::kFloat, torch::kHalf},
+                                           RmsNormCase{torch::kBFloat16, torch::kBFloat16},
+                                           RmsNormCase{torch::kHalf, torch::kHalf},
+                                           RmsNormCase{torch::kFloat, torch::kFloat}),
+                         [](const auto& info) {
+                           return std::string(c10::toString(info.param.x)) + "_to_" +
+                                  c10::toString(info.param.out);
+                         });
+
+// What the kernel does not take runs the call without dtype, then the cast:
+// a 16-bit x into the other 16-bit dtype or into float32, a weight of another
+// dtype, an x whose last dimension is strided.
+TEST(RmsNormToDtypeCudaFallback, IsTheCastResult) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(0);
+  struct Case {
+    Tensor x, weight;
+    torch::Dtype out;
+    std::string what;
+  };
+  std::vector<Case> cases{
+      {torch::randn({4, 64}, kCuda.dtype(torch::kBFloat16)),
+       torch::randn({64}, kCuda.dtype(torch::kBFloat16)), torch::kHalf, "bf16 into fp16"},
+      {torch::randn({4, 64}, kCuda.dtype(torch::kHalf)),
+       torch::randn({64}, kCuda.dtype(torch::kHalf)), torch::kFloat, "fp16 into fp32"},
+      {torch::randn({4, 64}, kCuda), torch::randn({64}, kCuda.dtype(torch::kBFloat16)),
+       torch::kBFloat16, "fp32 x, bf16 weight"},
+      {torch::randn({64, 4}, kCuda).t(), torch::randn({64}, kCuda), torch::kBFloat16,
+       "transposed x"},
+  };
+  for (auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    auto x = c.x.detach().requires_grad_();
+    auto out = remat::nn::rms_norm(x, c.weight, 1e-5, c.out);
+    EXPECT_FALSE(is_remat_rms_norm(out)) << name_of(out);
+    ASSERT_EQ(out.scalar_type(), c.out);
+    EXPECT_TRUE(torch::equal(out, remat::nn::rms_norm(x, c.weight, 1e-5).to(c.out)));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, FusedCudaTest,
                          ::testing::Values(torch::kFloat, torch::kBFloat16, torch::kHalf),
                          [](const auto& info) { return std::string(c10::toString(info.param)); });
@@ -419,9 +641,9 @@ class Bf16Autocast {
 };
 
 // bf16 autocast with float32 weights (the training setup): bf16 q and k with
-// float32 cos and sin through the rotary kernel, SwiGLU in bf16, RMSNorm in
-// float32. Loss and gradients stay within bf16's few percent of the float32
-// CPU model, with and without checkpointing.
+// float32 cos and sin through the rotary kernel, SwiGLU in bf16, the decoder
+// layers' RMSNorms from the float32 residual stream into bf16 in one kernel. Loss and gradients
+// stay within bf16's few percent of the float32 CPU model, with and without checkpointing.
 TEST_F(FusedLlamaCudaTest, Bf16AutocastTrainingStepMatchesCpu) {
   remat::models::CausalLMInputs in;
   in.input_ids = input_ids;

@@ -126,6 +126,31 @@ TEST_P(FusedCpuTest, RmsNormIsThePlainExpression) {
   expect_same(got_grads[1], want_grads[1]);
 }
 
+// With an output dtype: bitwise the call without it, cast; the gradients
+// bitwise those through the cast.
+TEST_P(FusedCpuTest, RmsNormWithAnOutputDtypeIsTheCastResult) {
+  for (auto out_dtype : {torch::kBFloat16, torch::kHalf, torch::kFloat, GetParam()}) {
+    SCOPED_TRACE(c10::toString(out_dtype));
+    auto x = torch::randn({2, 7, 24}, opts()).requires_grad_();
+    auto weight = (1 + 0.1 * torch::randn({24}, opts())).requires_grad_();
+    auto out = remat::nn::rms_norm(x, weight, 1e-6, out_dtype);
+    EXPECT_EQ(out.scalar_type(), out_dtype);
+    auto want = remat::nn::rms_norm(x, weight, 1e-6).to(out_dtype);
+    expect_same(out, want);
+    auto grad = torch::randn(out.sizes()).to(out_dtype);
+    auto got_grads = torch::autograd::grad({out}, {x, weight}, {grad});
+    auto want_grads = torch::autograd::grad({want}, {x, weight}, {grad});
+    EXPECT_EQ(got_grads[0].scalar_type(), GetParam());
+    expect_same(got_grads[0], want_grads[0]);
+    expect_same(got_grads[1], want_grads[1]);
+  }
+  // No dtype is the call without one.
+  auto x = torch::randn({3, 16}, opts());
+  auto weight = torch::randn({16}, opts());
+  expect_same(remat::nn::rms_norm(x, weight, 1e-5, std::nullopt),
+              remat::nn::rms_norm(x, weight, 1e-5));
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, FusedCpuTest,
                          ::testing::Values(torch::kFloat, torch::kBFloat16, torch::kDouble),
                          [](const auto& info) { return std::string(c10::toString(info.param)); });
@@ -191,6 +216,12 @@ TEST(FusedErrors, RmsNormWeightMustMatchTheLastDimension) {
   expect_error(
       [] {
         remat::nn::rms_norm(torch::zeros({2, 8}), torch::ones({6}), 1e-6);
+      },
+      {"rms_norm", "[2, 8]", "[6]"});
+  // The same with an output dtype.
+  expect_error(
+      [] {
+        remat::nn::rms_norm(torch::zeros({2, 8}), torch::ones({6}), 1e-6, torch::kBFloat16);
       },
       {"rms_norm", "[2, 8]", "[6]"});
 }

@@ -20,8 +20,8 @@ namespace remat::nn {
 
 /// True when this build of remat has the fused CUDA kernels (a CUDA compiler
 /// and a CUDA LibTorch were found when it was configured). Without them
-/// swiglu() and rotary() always run the plain expression; rms_norm() uses
-/// ATen's fused CUDA kernel either way.
+/// swiglu() and rotary() always run the plain expression; rms_norm() without
+/// `dtype` uses ATen's fused CUDA kernel either way.
 bool fused_kernels_available();
 
 /// silu(gate) * up. `gate` and `up` must have the same shape (no
@@ -68,6 +68,24 @@ torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const tor
 /// (at::_fused_rms_norm, which at::rms_norm also reaches for such inputs): float32
 /// statistics, one rounding of the output, a few ulps from the plain
 /// expression. Otherwise the plain expression runs.
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+///
+/// `dtype`, when given, is the result's dtype: the result equals
+/// `rms_norm(x, weight, eps).to(*dtype)` (bitwise where the plain expression
+/// runs; through the CUDA kernel within one ulp of a 16-bit `dtype`, a few
+/// ulps of float32). The kernel takes x and weight of one dtype (float32,
+/// float16 or bfloat16), x with a unit last stride (its rows are copied
+/// first when they are not dense), and `dtype` x's dtype, or bfloat16 or
+/// float16 for a float32 x: the forward is one kernel, per row
+/// rstd = rsqrt(mean(x^2) + eps) in float32 and `weight * (x * rstd)` in
+/// float32 rounded once to `dtype` (a float32 residual stream normalized
+/// straight into autocast's bfloat16, without a float32 copy in between);
+/// it keeps x, weight and the float32 rstd for the backward, one kernel
+/// for the gradient of x (float32 math, rounded to x's dtype) and the
+/// per-block float32 sums of the gradient of weight, which a second small
+/// kernel adds in a fixed order (deterministic) and rounds to weight's dtype.
+/// Double backward runs the plain formula. Other inputs run the call without
+/// `dtype`, then `.to(*dtype)`.
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps,
+                       std::optional<at::ScalarType> dtype = std::nullopt);
 
 }  // namespace remat::nn
