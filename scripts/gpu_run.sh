@@ -14,8 +14,9 @@
 #   compiled  the torch.compile anchor (run_gpu_bench.sh OUTDIR compiled) -> compiled.json, ...
 #   dist      DDP and FSDP with NCCL through torchrun (scripts/gpu_dist.sh) -> dist.jsonl
 #   profile   remat-bench on both anchor shapes with a kernel profile of 3 steps per policy
-#             (PROFILE_POLICIES, default none,full,every-2,mlp,mlp-up), then policy none
-#             with cuDNN attention first                        -> profile-PRESET.json/.txt
+#             (PROFILE_POLICIES, default none,full,every-2,mlp,mlp-up), then none and
+#             full with the fused kernels off (REMAT_FUSED_KERNELS=0)
+#                                                    -> profile-PRESET.json/.txt, -plain.json
 # Expects torch importable by python3 (or CMAKE_PREFIX_PATH) and the build
 # tools installed. Development packages the machine lacks can come unpacked
 # under .deps/ (see README, "GPU machine without network").
@@ -96,7 +97,9 @@ if has profile; then
       "$build/benchmarks/remat-bench" --preset "$preset" --bf16 \
         --policy "${PROFILE_POLICIES:-none,full,every-2,mlp,mlp-up}" --profile 3 \
         --json "$out/profile-$preset.json"
-      "$build/benchmarks/remat-bench" --preset "$preset" --bf16 --policy none --sdpa cudnn
+      # Before/after the fused kernels: the plain ATen expressions instead.
+      REMAT_FUSED_KERNELS=0 "$build/benchmarks/remat-bench" --preset "$preset" --bf16 \
+        --policy none,full --json "$out/profile-$preset-plain.json"
     } >"$out/profile-$preset.txt" 2>&1 || status=1
     grep -E "^(policy|none|full|every-|attention|mlp)" "$out/profile-$preset.txt"
   done

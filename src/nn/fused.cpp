@@ -2,6 +2,9 @@
 
 #include "fused_internal.h"
 
+#include <cstdlib>
+#include <string>
+
 #ifdef REMAT_HAVE_CUDA_KERNELS
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -102,10 +105,21 @@ void check_launch(const char* error, const char* what) {
   TORCH_CHECK(error == nullptr, "remat::nn::", what, ": CUDA kernel failed: ", error);
 }
 
+// REMAT_FUSED_KERNELS=0 in the environment turns the kernels off (the plain
+// expressions run): a before/after switch for benchmarks.
+bool kernels_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("REMAT_FUSED_KERNELS");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
 // ---- SwiGLU -----------------------------------------------------------------
 
 bool swiglu_takes(const Tensor& gate, const Tensor& up) {
-  return gate.is_cuda() && gate.layout() == at::kStrided && up.layout() == at::kStrided &&
+  return kernels_on() && gate.is_cuda() && gate.layout() == at::kStrided &&
+         up.layout() == at::kStrided &&
          gate.scalar_type() == up.scalar_type() && kernel_dtype(gate.scalar_type()) &&
          gate.is_contiguous() && up.is_contiguous();
 }
@@ -150,6 +164,7 @@ struct SwiGLUFunction : torch::autograd::Function<SwiGLUFunction> {
 // ---- Rotary -----------------------------------------------------------------
 
 bool rotary_takes(const Tensor& x, const Tensor& cos, const Tensor& sin, at::ScalarType out_dtype) {
+  if (!kernels_on()) return false;
   if (!x.is_cuda() || x.layout() != at::kStrided || cos.layout() != at::kStrided ||
       sin.layout() != at::kStrided) {
     return false;
@@ -248,7 +263,8 @@ bool rms_norm_takes(const Tensor& x, const Tensor& weight, at::ScalarType out_dt
   const auto xt = x.scalar_type();
   const bool dtypes = out_dtype == xt ||
                       (xt == at::kFloat && (out_dtype == at::kBFloat16 || out_dtype == at::kHalf));
-  return x.is_cuda() && x.layout() == at::kStrided && weight.layout() == at::kStrided &&
+  return kernels_on() && x.is_cuda() && x.layout() == at::kStrided &&
+         weight.layout() == at::kStrided &&
          weight.device() == x.device() && weight.scalar_type() == xt && kernel_dtype(xt) &&
          dtypes && x.numel() > 0 && x.stride(-1) == 1;
 }
@@ -325,7 +341,7 @@ namespace detail {
 
 Tensor cross_entropy_rows(Tensor& logits, const Tensor& targets, int64_t ignore_index, bool grad) {
 #ifdef REMAT_HAVE_CUDA_KERNELS
-  if (!logits.is_cuda() || logits.dim() != 2 || !logits.is_contiguous() ||
+  if (!kernels_on() || !logits.is_cuda() || logits.dim() != 2 || !logits.is_contiguous() ||
       !kernel_dtype(logits.scalar_type()) || targets.dim() != 1 ||
       targets.size(0) != logits.size(0) || targets.scalar_type() != at::kLong ||
       targets.device() != logits.device()) {
@@ -350,7 +366,7 @@ Tensor cross_entropy_rows(Tensor& logits, const Tensor& targets, int64_t ignore_
 
 bool fused_kernels_available() {
 #ifdef REMAT_HAVE_CUDA_KERNELS
-  return true;
+  return kernels_on();
 #else
   return false;
 #endif

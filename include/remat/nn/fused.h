@@ -19,7 +19,9 @@
 namespace remat::nn {
 
 /// True when this build of remat has the fused CUDA kernels (a CUDA compiler
-/// and a CUDA LibTorch were found when it was configured). Without them
+/// and a CUDA LibTorch were found when it was configured) and the
+/// environment does not set REMAT_FUSED_KERNELS=0, which turns them off
+/// for the whole process (a before/after switch). Without them
 /// swiglu() and rotary() always run the plain expression; rms_norm() without
 /// `dtype` uses ATen's fused CUDA kernel either way.
 bool fused_kernels_available();
