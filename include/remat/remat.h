@@ -14,6 +14,7 @@
 #include "remat/logging.h"
 #include "remat/memory.h"
 #include "remat/nn/checkpointable.h"
+#include "remat/nn/linear.h"
 #include "remat/nn/linear_cross_entropy.h"
 #include "remat/optim/adamw.h"
 #include "remat/optim/lr_scheduler.h"

@@ -5,6 +5,7 @@
 
 #include "factory.h"
 #include "layers.h"
+#include "remat/nn/linear.h"
 
 namespace remat::models::detail {
 namespace {
@@ -12,15 +13,15 @@ namespace {
 using torch::Tensor;
 using Tensors = std::vector<Tensor>;
 
-// transformers' Conv1D: y = x W + b with W stored [in, out].
+// transformers' Conv1D: y = x W + b with W stored [in, out]. Under CUDA
+// autocast the weight and bias gradients come out in float32 directly
+// (remat::nn::linear); elsewhere this is addmm on the rows of x.
 struct Conv1DImpl : torch::nn::Module {
   Conv1DImpl(int64_t in, int64_t out)
       : weight(register_parameter("weight", torch::empty({in, out}))),
         bias(register_parameter("bias", torch::zeros({out}))) {}
   Tensor forward(const Tensor& x) {
-    auto shape = x.sizes().vec();
-    shape.back() = weight.size(1);
-    return torch::addmm(bias, x.reshape({-1, x.size(-1)}), weight).view(shape);
+    return remat::nn::linear(x, weight, bias, remat::nn::WeightLayout::kInOut);
   }
   Tensor weight, bias;
 };

@@ -7,6 +7,7 @@
 #include "factory.h"
 #include "layers.h"
 #include "remat/nn/fused.h"
+#include "remat/nn/linear.h"
 
 namespace remat::models::detail {
 namespace {
@@ -112,8 +113,22 @@ class Rotary {
   int64_t cached_len_;
 };
 
+// The projections: a torch::nn::LinearImpl (same options and parameters)
+// whose forward is remat::nn::linear, so under CUDA autocast their weight
+// and bias gradients come out in float32 directly; elsewhere the forward is
+// torch::nn::Linear's. The LM head stays a plain torch::nn::Linear.
+struct ProjectionImpl : torch::nn::LinearImpl {
+  using torch::nn::LinearImpl::LinearImpl;
+  Tensor forward(const Tensor& x) { return remat::nn::linear(x, weight, bias); }
+};
+TORCH_MODULE(Projection);
+
 torch::nn::Linear linear(int64_t in, int64_t out, bool bias) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+}
+
+Projection projection(int64_t in, int64_t out, bool bias) {
+  return Projection(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
 struct LlamaAttentionImpl : torch::nn::Module {
@@ -122,10 +137,12 @@ struct LlamaAttentionImpl : torch::nn::Module {
         kv_heads(c.num_key_value_heads),
         head_dim(c.head_dim),
         dropout(c.attention_dropout),
-        q_proj(register_module("q_proj", linear(c.hidden_size, heads * head_dim, c.qkv_bias))),
-        k_proj(register_module("k_proj", linear(c.hidden_size, kv_heads * head_dim, c.qkv_bias))),
-        v_proj(register_module("v_proj", linear(c.hidden_size, kv_heads * head_dim, c.qkv_bias))),
-        o_proj(register_module("o_proj", linear(heads * head_dim, c.hidden_size, c.o_bias))) {}
+        q_proj(register_module("q_proj", projection(c.hidden_size, heads * head_dim, c.qkv_bias))),
+        k_proj(
+            register_module("k_proj", projection(c.hidden_size, kv_heads * head_dim, c.qkv_bias))),
+        v_proj(
+            register_module("v_proj", projection(c.hidden_size, kv_heads * head_dim, c.qkv_bias))),
+        o_proj(register_module("o_proj", projection(heads * head_dim, c.hidden_size, c.o_bias))) {}
 
   // Returns {output} or, with use_cache, {output, keys, values}.
   Tensors forward(const Tensor& x, const Tensor& cos, const Tensor& sin,
@@ -156,18 +173,19 @@ struct LlamaAttentionImpl : torch::nn::Module {
 
   int64_t heads, kv_heads, head_dim;
   double dropout;
-  torch::nn::Linear q_proj, k_proj, v_proj, o_proj;
+  Projection q_proj, k_proj, v_proj, o_proj;
 };
 TORCH_MODULE(LlamaAttention);
 
 struct LlamaMLPImpl : torch::nn::Module {
   explicit LlamaMLPImpl(const ModelConfig& c)
       : hidden_act(c.hidden_act),
-        gate_proj(
-            register_module("gate_proj", linear(c.hidden_size, c.intermediate_size, c.mlp_bias))),
-        up_proj(register_module("up_proj", linear(c.hidden_size, c.intermediate_size, c.mlp_bias))),
-        down_proj(
-            register_module("down_proj", linear(c.intermediate_size, c.hidden_size, c.mlp_bias))) {}
+        gate_proj(register_module("gate_proj",
+                                  projection(c.hidden_size, c.intermediate_size, c.mlp_bias))),
+        up_proj(
+            register_module("up_proj", projection(c.hidden_size, c.intermediate_size, c.mlp_bias))),
+        down_proj(register_module("down_proj",
+                                  projection(c.intermediate_size, c.hidden_size, c.mlp_bias))) {}
   // The activation product act(gate_proj(x)) * up_proj(x): for SiLU (SwiGLU)
   // one fused kernel on CUDA (remat::nn::swiglu).
   Tensor act(const Tensor& x) {
@@ -178,7 +196,7 @@ struct LlamaMLPImpl : torch::nn::Module {
   }
   Tensor forward(const Tensor& x) { return down_proj(act(x)); }
   std::string hidden_act;
-  torch::nn::Linear gate_proj, up_proj, down_proj;
+  Projection gate_proj, up_proj, down_proj;
 };
 TORCH_MODULE(LlamaMLP);
 
