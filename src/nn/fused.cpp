@@ -105,23 +105,14 @@ void check_launch(const char* error, const char* what) {
   TORCH_CHECK(error == nullptr, "remat::nn::", what, ": CUDA kernel failed: ", error);
 }
 
-// REMAT_FUSED_KERNELS=0 in the environment turns the kernels off (the plain
-// expressions run): a before/after switch for benchmarks.
-bool kernels_on() {
-  static const bool on = [] {
-    const char* v = std::getenv("REMAT_FUSED_KERNELS");
-    return v == nullptr || std::string(v) != "0";
-  }();
-  return on;
-}
+bool kernels_on() { return detail::fused_kernels_on(); }
 
 // ---- SwiGLU -----------------------------------------------------------------
 
 bool swiglu_takes(const Tensor& gate, const Tensor& up) {
   return kernels_on() && gate.is_cuda() && gate.layout() == at::kStrided &&
-         up.layout() == at::kStrided &&
-         gate.scalar_type() == up.scalar_type() && kernel_dtype(gate.scalar_type()) &&
-         gate.is_contiguous() && up.is_contiguous();
+         up.layout() == at::kStrided && gate.scalar_type() == up.scalar_type() &&
+         kernel_dtype(gate.scalar_type()) && gate.is_contiguous() && up.is_contiguous();
 }
 
 struct SwiGLUFunction : torch::autograd::Function<SwiGLUFunction> {
@@ -264,9 +255,9 @@ bool rms_norm_takes(const Tensor& x, const Tensor& weight, at::ScalarType out_dt
   const bool dtypes = out_dtype == xt ||
                       (xt == at::kFloat && (out_dtype == at::kBFloat16 || out_dtype == at::kHalf));
   return kernels_on() && x.is_cuda() && x.layout() == at::kStrided &&
-         weight.layout() == at::kStrided &&
-         weight.device() == x.device() && weight.scalar_type() == xt && kernel_dtype(xt) &&
-         dtypes && x.numel() > 0 && x.stride(-1) == 1;
+         weight.layout() == at::kStrided && weight.device() == x.device() &&
+         weight.scalar_type() == xt && kernel_dtype(xt) && dtypes && x.numel() > 0 &&
+         x.stride(-1) == 1;
 }
 
 struct RmsNormFunction : torch::autograd::Function<RmsNormFunction> {
@@ -338,6 +329,14 @@ struct RmsNormFunction : torch::autograd::Function<RmsNormFunction> {
 }  // namespace
 
 namespace detail {
+
+bool fused_kernels_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("REMAT_FUSED_KERNELS");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
 
 Tensor cross_entropy_rows(Tensor& logits, const Tensor& targets, int64_t ignore_index, bool grad) {
 #ifdef REMAT_HAVE_CUDA_KERNELS

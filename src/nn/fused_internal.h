@@ -6,6 +6,11 @@
 
 namespace remat::nn::detail {
 
+/// False when the environment sets REMAT_FUSED_KERNELS=0: the fused
+/// kernels and remat::nn::linear's mixed-precision path are then off and the
+/// plain ATen expressions run (a before/after switch for benchmarks).
+bool fused_kernels_on();
+
 /// For `logits` [rows, vocab] (CUDA, contiguous, float32, float16 or
 /// bfloat16) and `targets` [rows] (int64, same device): returns float32
 /// [rows] losses, logsumexp(row) - row[target] (0 where the target is

@@ -2,6 +2,8 @@
 
 #include <ATen/autocast_mode.h>
 
+#include "fused_internal.h"
+
 #include <optional>
 
 namespace remat::nn {
@@ -33,6 +35,7 @@ bool no_forward_grad(const Tensor& t) { return !t.defined() || !t._fw_grad(0).de
 // The autocast dtype when the mixed-precision path applies, else nullopt.
 std::optional<at::ScalarType> mixed_precision_dtype(const Tensor& x, const Tensor& weight,
                                                     const Tensor& bias) {
+  if (!detail::fused_kernels_on()) return std::nullopt;
   if (!x.defined() || !weight.defined() || !x.is_cuda() || !weight.is_cuda()) return std::nullopt;
   if (!at::autocast::is_autocast_enabled(kCuda)) return std::nullopt;
   const auto dtype = at::autocast::get_autocast_dtype(kCuda);
