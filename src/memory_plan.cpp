@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "remat/models/causal_lm.h"
+#include "remat/nn/fused.h"
 
 namespace remat {
 namespace {
@@ -56,9 +57,12 @@ TokenBytes token_bytes(const models::ModelConfig& c, int64_t seq_len, double res
   } else {
     // RMSNorm keeps its input and the normalized float32 value, twice per
     // layer; projections' inputs; rotated q and k, v; SDPA output, heads
-    // merged for o_proj; gate, its activation, up and their product.
-    residual_elements = 4 * h;
-    compute_elements = 2 * h + q + 2 * kv + q + q + 4 * inner;
+    // merged for o_proj; gate, its activation, up and their product. With
+    // the fused CUDA kernels RMSNorm keeps only its input (and a scale per
+    // row) and SwiGLU only gate and up.
+    const bool fused = cuda && nn::fused_kernels_available();
+    residual_elements = fused ? 2 * h : 4 * h;
+    compute_elements = 2 * h + q + 2 * kv + q + q + (fused ? 3 : 4) * inner;
     final_norm_residual = 2 * h;
   }
   t.layer += residual_elements * residual + compute_elements * compute;
