@@ -39,6 +39,13 @@ struct LinearCrossEntropyOptions {
 /// the work is the plain path's three matrix products. Double backward is
 /// not supported.
 ///
+/// On CUDA without `bias`, one kernel per chunk takes the logits in their
+/// dtype (bf16 under autocast) and writes each row's loss and, in place of
+/// the logits, their gradient (float32 math, the row's logsumexp in one
+/// pass): no float32 copy of the chunk. There a target outside [0, V) gives
+/// a NaN sum instead of an error. `REMAT_FUSED_KERNELS=0` in the environment
+/// runs the plain ops instead.
+///
 /// `hidden` is [N, H], `weight` [V, H], `bias` [V] or undefined, `targets`
 /// [N] integers in [0, V) or ignore_index. With no counted target the sum is
 /// 0.
