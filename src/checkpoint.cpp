@@ -389,10 +389,11 @@ void restore(DiscardedOutputs& state) {
     const auto& again = outputs[k];
     auto* impl = out.storage().unsafeGetStorageImpl();
     // The replayed output's memory itself, when nothing else holds it (no
-    // node of the replayed graph saved it) and it is laid out alike: the
+    // node of the replayed graph saved it, as the tensor or a view of its
+    // memory) and it is laid out alike: the
     // replayed tensor stays only as the root of the region's backward, which
     // reads no data of it.
-    if (again.has_storage() && again.storage().use_count() == 1 &&
+    if (again.has_storage() && again.use_count() == 1 && again.storage().use_count() == 1 &&
         again.storage().nbytes() == state.nbytes[k] && again.dtype() == out.dtype() &&
         again.storage_offset() == out.storage_offset() && again.sizes() == out.sizes() &&
         again.strides() == out.strides() && again.device() == out.device()) {

@@ -423,6 +423,29 @@ TEST_F(CheckpointTest, WithoutOutputCopiesAnOutputTheReplayKeeps) {
   expect_all_bitwise_equal(got, parameter_grads_of({x, w1, w2}));
 }
 
+// The replayed graph keeps an output the consumer also keeps (a layer norm
+// keeps its input): the output is copied back, not handed over.
+TEST_F(CheckpointTest, WithoutOutputCopiesAnOutputTheReplayedGraphReads) {
+  torch::nn::LayerNorm norm(torch::nn::LayerNormOptions({16}));
+  auto w1 = torch::randn({16, 16}, torch::requires_grad());
+  auto w2 = torch::randn({16, 16}, torch::requires_grad());
+  auto x = torch::randn({4, 16}, torch::requires_grad());
+  auto params = remat::trainable_parameters(*norm);
+  params.push_back(w1);
+  auto region = [&](const Tensors& in) {
+    auto y = in[0].mm(w1);
+    return Tensors{y, norm(y)};
+  };
+  auto y = remat::checkpoint_without_output(
+      region, {x}, params, [&](const Tensors& o) { return Tensors{o[0] + o[1].mm(w2)}; })[0];
+  y.square().sum().backward();
+  auto got = parameter_grads_of({x, w1, w2});
+  for (auto* t : {&x, &w1, &w2}) t->mutable_grad() = torch::Tensor();
+  auto h = x.mm(w1);
+  (h + norm(h).mm(w2)).square().sum().backward();
+  expect_all_bitwise_equal(got, parameter_grads_of({x, w1, w2}));
+}
+
 TEST_F(CheckpointTest, WithoutOutputWithFrozenInputAndBf16Autocast) {
   Mlp mlp(16);
   auto x = torch::randn({8, 16});  // no grad: the region's parameters still get theirs

@@ -102,6 +102,33 @@ struct GPT2BlockImpl : nn::CheckpointableModule {
     return {y};
   }
 
+  // The whole block checkpointed (see nn::forward): everything up to the
+  // MLP's output projection is the region; the projection and the last
+  // residual add run once. Checkpointing in training keeps no KV cache.
+  Tensors checkpointed_forward(const Tensor& x, const std::optional<Tensor>& mask, bool is_causal,
+                               const std::optional<Tensor>& past_k,
+                               const std::optional<Tensor>& past_v, bool use_cache) {
+    TORCH_CHECK(!use_cache && !past_k && !past_v,
+                "a checkpointing GPT-2 block takes no KV cache (use_cache is forced off while "
+                "checkpointing in training)");
+    std::vector<Tensor> params;
+    for (const torch::nn::Module* m :
+         {static_cast<torch::nn::Module*>(ln_1.get()), static_cast<torch::nn::Module*>(attn.get()),
+          static_cast<torch::nn::Module*>(ln_2.get()),
+          static_cast<torch::nn::Module*>(mlp->c_fc.get())}) {
+      auto p = trainable_parameters(*m);
+      params.insert(params.end(), p.begin(), p.end());
+    }
+    auto region = [this, mask, is_causal](const Tensors& in) {
+      auto a = attn->forward(ln_1(in[0]), mask, is_causal, std::nullopt, std::nullopt, false);
+      auto y = in[0] + a[0];
+      return Tensors{y, mlp->up(autocast_input(ln_2(y)))};
+    };
+    return {remat::checkpoint_without_output(
+        region, {x}, params, [this](const Tensors& o) { return Tensors{o[0] + mlp->down(o[1])}; },
+        checkpoint_options())[0]};
+  }
+
   // ln_2 and the MLP on the residual stream `y`.
   Tensor mlp_forward(const Tensor& y) {
     auto h = ln_2(y);

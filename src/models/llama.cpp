@@ -223,6 +223,38 @@ struct LlamaDecoderLayerImpl : nn::CheckpointableModule {
     return {y};
   }
 
+  // The whole layer checkpointed (see nn::forward): everything up to the
+  // MLP's down projection is the region; the projection and the last
+  // residual add run once. Checkpointing in training keeps no KV cache.
+  Tensors checkpointed_forward(const Tensor& x, const Tensor& cos, const Tensor& sin,
+                               const std::optional<Tensor>& mask, bool is_causal,
+                               const std::optional<Tensor>& past_k,
+                               const std::optional<Tensor>& past_v, bool use_cache) {
+    TORCH_CHECK(!use_cache && !past_k && !past_v,
+                "a checkpointing Llama layer takes no KV cache (use_cache is forced off while "
+                "checkpointing in training)");
+    std::vector<Tensor> params;
+    for (const torch::nn::Module* m :
+         {static_cast<torch::nn::Module*>(input_layernorm.get()),
+          static_cast<torch::nn::Module*>(self_attn.get()),
+          static_cast<torch::nn::Module*>(post_attention_layernorm.get()),
+          static_cast<torch::nn::Module*>(mlp->gate_proj.get()),
+          static_cast<torch::nn::Module*>(mlp->up_proj.get())}) {
+      auto p = trainable_parameters(*m);
+      params.insert(params.end(), p.begin(), p.end());
+    }
+    auto region = [this, cos, sin, mask, is_causal](const Tensors& in) {
+      auto h = input_layernorm->forward(in[0], autocast_dtype(in[0]));
+      auto a = self_attn->forward(h, cos, sin, mask, is_causal, std::nullopt, std::nullopt, false);
+      auto y = in[0] + a[0];
+      return Tensors{y, mlp->act(post_attention_layernorm->forward(y, autocast_dtype(y)))};
+    };
+    return {remat::checkpoint_without_output(
+        region, {x}, params,
+        [this](const Tensors& o) { return Tensors{o[0] + mlp->down_proj(o[1])}; },
+        checkpoint_options())[0]};
+  }
+
   // The MLP and its norm on the residual stream `y`.
   Tensor mlp_forward(const Tensor& y) {
     auto h = post_attention_layernorm->forward(y, autocast_dtype(y));

@@ -26,6 +26,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "remat/checkpoint.h"
 
@@ -128,9 +130,26 @@ void gradient_checkpointing_disable(torch::nn::Module& root);
 /// True when some block under `root` is marked.
 bool is_gradient_checkpointing(const torch::nn::Module& root);
 
+namespace detail {
+template <typename M, typename = void, typename... Args>
+struct has_checkpointed_forward : std::false_type {};
+template <typename M, typename... Args>
+struct has_checkpointed_forward<
+    M, std::void_t<decltype(std::declval<M&>()->checkpointed_forward(std::declval<Args>()...))>,
+    Args...> : std::true_type {};
+}  // namespace detail
+
 /// Runs `block->forward(args...)`, through remat::checkpoint() while the
 /// block is checkpointing whole (see CheckpointableModule::checkpoints), or
 /// through the block's runner when one is set (see set_block_runner).
+///
+/// A block may checkpoint itself whole more cheaply than a replay of its
+/// whole forward: when it has a `checkpointed_forward(args...)` (same
+/// arguments and result as `forward`), that runs instead of
+/// remat::checkpoint(). remat's GPT-2 and Llama layers have one: through
+/// checkpoint_without_output(), everything up to the MLP's output
+/// projection is dropped and replayed, and the projection is not (its
+/// output only rebuilds the layer's output, the next layer's kept input).
 template <typename M, typename... Args>
 auto forward(M& block, Args&&... args) {
   if (const auto& runner = block->block_runner()) {
@@ -144,7 +163,11 @@ auto forward(M& block, Args&&... args) {
         args...);
   }
   if (block->checkpoints(Granularity::kBlock)) {
-    return remat::checkpoint(block, std::forward<Args>(args)..., block->checkpoint_options());
+    if constexpr (detail::has_checkpointed_forward<M, void, Args...>::value) {
+      return block->checkpointed_forward(std::forward<Args>(args)...);
+    } else {
+      return remat::checkpoint(block, std::forward<Args>(args)..., block->checkpoint_options());
+    }
   }
   return block->forward(std::forward<Args>(args)...);
 }
