@@ -15,6 +15,7 @@
 # in REMAT_BUILD_DIR (default /tmp/remat-gpu-build, as scripts/gpu_run.sh;
 # configured there first if it is not yet).
 # STEPS / WARMUP override the timed and warm-up steps (default 10 and 3),
+# BEFORE=0 skips remat's before/after runs (--plain_loss, --optim adamw_torch),
 # PRESETS the shapes; PROFILE=K (default 0: off) passes --profile K to every
 # remat-bench run (K more steps under the Kineto profiler after the timed
 # ones; comparison.md then says where the time goes); a CPU dry run of the
@@ -79,8 +80,9 @@ if has remat; then
       --json "$out/remat.json.$preset"
   done
   # Before/after: the loss from the full logits with the multi-tensor AdamW,
-  # and the multi-tensor AdamW alone.
-  for preset in $presets; do
+  # and the multi-tensor AdamW alone (BEFORE=0 skips them).
+  [ "${BEFORE:-1}" = 0 ] && presets_before="" || presets_before=$presets
+  for preset in $presets_before; do
     run "remat $preset, before" "$bench" --preset "$preset" --bf16 --steps "$steps" \
       --warmup "$warmup" --policy none,full --plain_loss --optim adamw_torch \
       ${prof[@]+"${prof[@]}"} --json "$out/remat.json.$preset-before"
@@ -111,6 +113,13 @@ anchor() {  # anchor SCRIPT JSON: both presets, checkpointing off and on
     done
   done
 }
+# Python wheels the Hugging Face Trainer needs (accelerate), for a machine
+# without network: unpacked under .deps/wheels.
+if has hf && [ -d "$root/.deps/wheels" ] && ! "$python" -c 'import accelerate' >/dev/null 2>&1; then
+  "$python" -m pip install --quiet --no-index --no-deps "$root"/.deps/wheels/*.whl >/dev/null 2>&1 ||
+    "$python" -m pip install --quiet --break-system-packages --no-index --no-deps \
+      "$root"/.deps/wheels/*.whl >/dev/null 2>&1 || echo "could not install .deps/wheels"
+fi
 has hf && anchor "$root/benchmarks/anchors/hf_trainer.py" "$out/hf.json"
 has compiled && anchor "$root/benchmarks/anchors/compiled.py" "$out/compiled.json" \
   "${COMPILED_ARGS:-}"
