@@ -111,14 +111,8 @@ struct GPT2BlockImpl : nn::CheckpointableModule {
     TORCH_CHECK(!use_cache && !past_k && !past_v,
                 "a checkpointing GPT-2 block takes no KV cache (use_cache is forced off while "
                 "checkpointing in training)");
-    std::vector<Tensor> params;
-    for (const torch::nn::Module* m :
-         {static_cast<torch::nn::Module*>(ln_1.get()), static_cast<torch::nn::Module*>(attn.get()),
-          static_cast<torch::nn::Module*>(ln_2.get()),
-          static_cast<torch::nn::Module*>(mlp->c_fc.get())}) {
-      auto p = trainable_parameters(*m);
-      params.insert(params.end(), p.begin(), p.end());
-    }
+    const auto params =
+        trainable_parameters_of({ln_1.get(), attn.get(), ln_2.get(), mlp->c_fc.get()});
     auto region = [this, mask, is_causal](const Tensors& in) {
       auto a = attn->forward(ln_1(in[0]), mask, is_causal, std::nullopt, std::nullopt, false);
       auto y = in[0] + a[0];

@@ -17,6 +17,16 @@ torch::Tensor activation(const std::string& name, const torch::Tensor& x) {
   TORCH_CHECK(false, "unsupported activation \"", name, "\"");
 }
 
+std::vector<torch::Tensor> trainable_parameters_of(
+    std::initializer_list<const torch::nn::Module*> modules) {
+  std::vector<torch::Tensor> params;
+  for (const auto* m : modules) {
+    auto p = remat::trainable_parameters(*m);
+    params.insert(params.end(), p.begin(), p.end());
+  }
+  return params;
+}
+
 std::optional<at::ScalarType> autocast_dtype(const torch::Tensor& x) {
   const auto type = x.device().type();
   if (type != c10::DeviceType::CPU && type != c10::DeviceType::CUDA) return std::nullopt;

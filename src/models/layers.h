@@ -25,6 +25,11 @@ torch::Tensor autocast_input(const torch::Tensor& x);
 /// nullopt when autocast is off there.
 std::optional<at::ScalarType> autocast_dtype(const torch::Tensor& x);
 
+/// The trainable parameters of `modules`, in order: what a checkpointed
+/// region made of these sub-modules passes as its params.
+std::vector<torch::Tensor> trainable_parameters_of(
+    std::initializer_list<const torch::nn::Module*> modules);
+
 /// The mask SDPA needs for `q_len` new tokens after `past` cached ones:
 /// either nothing and is_causal, or an explicit boolean mask [batch, 1,
 /// q_len, past + q_len] (true = attend) when there is padding or a cache.

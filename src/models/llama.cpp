@@ -233,16 +233,9 @@ struct LlamaDecoderLayerImpl : nn::CheckpointableModule {
     TORCH_CHECK(!use_cache && !past_k && !past_v,
                 "a checkpointing Llama layer takes no KV cache (use_cache is forced off while "
                 "checkpointing in training)");
-    std::vector<Tensor> params;
-    for (const torch::nn::Module* m :
-         {static_cast<torch::nn::Module*>(input_layernorm.get()),
-          static_cast<torch::nn::Module*>(self_attn.get()),
-          static_cast<torch::nn::Module*>(post_attention_layernorm.get()),
-          static_cast<torch::nn::Module*>(mlp->gate_proj.get()),
-          static_cast<torch::nn::Module*>(mlp->up_proj.get())}) {
-      auto p = trainable_parameters(*m);
-      params.insert(params.end(), p.begin(), p.end());
-    }
+    const auto params = trainable_parameters_of({input_layernorm.get(), self_attn.get(),
+                                                 post_attention_layernorm.get(),
+                                                 mlp->gate_proj.get(), mlp->up_proj.get()});
     auto region = [this, cos, sin, mask, is_causal](const Tensors& in) {
       auto h = input_layernorm->forward(in[0], autocast_dtype(in[0]));
       auto a = self_attn->forward(h, cos, sin, mask, is_causal, std::nullopt, std::nullopt, false);
@@ -259,9 +252,7 @@ struct LlamaDecoderLayerImpl : nn::CheckpointableModule {
   Tensor mlp_forward(const Tensor& y) {
     auto h = post_attention_layernorm->forward(y, autocast_dtype(y));
     if (checkpoints(nn::Granularity::kMlpUp)) {
-      auto params = trainable_parameters(*mlp->gate_proj);
-      auto up = trainable_parameters(*mlp->up_proj);
-      params.insert(params.end(), up.begin(), up.end());
+      const auto params = trainable_parameters_of({mlp->gate_proj.get(), mlp->up_proj.get()});
       return remat::checkpoint_without_output(
           [this](const Tensors& in) { return Tensors{mlp->act(in[0])}; }, {h}, params,
           [this](const Tensors& a) { return Tensors{mlp->down_proj(a[0])}; },
