@@ -26,6 +26,7 @@
 #include <unordered_set>
 
 #include "detail/autocast.h"
+#include "detail/grad_norm.h"
 #include "remat/callbacks.h"
 #include "remat/data/data_collator.h"
 #include "remat/data/distributed_sampler.h"
@@ -131,27 +132,6 @@ int64_t non_embedding_parameters(const torch::nn::Module& model) {
   for (const auto& p : model.parameters()) {
     const void* impl = p.unsafeGetTensorImpl();
     if (embeddings.count(impl) == 0 && seen.insert(impl).second) total += p.numel();
-  }
-  return total;
-}
-
-// torch::nn::utils::clip_grad_norm_ with the 2-norm, the same operations in
-// the same order, but the total norm stays a device tensor (the C++ version
-// reads it back to the host). max_norm <= 0: no clipping, the norm only.
-torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm,
-                             const torch::Device& device) {
-  std::vector<torch::Tensor> grads;
-  for (const auto& p : params) {
-    if (p.grad().defined()) grads.push_back(p.grad().data());
-  }
-  if (grads.empty()) return torch::zeros({}, torch::dtype(torch::kFloat32).device(device));
-  std::vector<torch::Tensor> norms;
-  norms.reserve(grads.size());
-  for (const auto& g : grads) norms.push_back(g.norm(2.0));
-  auto total = norms.size() == 1 ? norms[0] : torch::stack(norms).norm(2.0);
-  if (max_norm > 0) {
-    auto coef = torch::clamp(max_norm / (total + 1e-6), std::nullopt, 1.0);
-    for (auto& g : grads) g.mul_(coef);
   }
   return total;
 }
@@ -900,13 +880,12 @@ void Trainer::training_step(Run& run, std::vector<data::Batch>& group) {
     }
     micro = group.size();
     if (run.scaler) run.scaler->unscale_(run.params);
-    if (parallel_) {
-      // The norm of all ranks' gradients (FSDP: of the shards, all-reduced).
-      run.grad_norm = parallel_->clip_grad_norm_tensor(
-          args_.max_grad_norm > 0 ? args_.max_grad_norm : std::numeric_limits<double>::infinity());
-    } else {
-      run.grad_norm = clip_grad_norm(run.params, args_.max_grad_norm, device_);
-    }
+    // max_grad_norm 0: the norm only. Data parallel, the norm of all ranks'
+    // gradients (FSDP: of the shards, all-reduced), computed as here.
+    const double max_norm =
+        args_.max_grad_norm > 0 ? args_.max_grad_norm : std::numeric_limits<double>::infinity();
+    run.grad_norm = parallel_ ? parallel_->clip_grad_norm_tensor(max_norm)
+                              : detail::clip_grad_norm(run.params, max_norm, device_);
     torch::Tensor stop;
     if (group_) {
       // One all-reduce (sum) of [loss, found_inf, stop]: the loss of all

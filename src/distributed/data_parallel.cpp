@@ -15,6 +15,38 @@
 #include "remat/logging.h"
 #include "remat/nn/checkpointable.h"
 #include "remat/optim/adamw.h"
+#include "../detail/grad_norm.h"
+
+namespace remat::detail {
+
+torch::Tensor gradient_norm_squared(const std::vector<torch::Tensor>& tensors,
+                                    const torch::Device& device) {
+  auto sum = torch::zeros({}, torch::dtype(torch::kDouble).device(device));
+  for (const auto& t : tensors) {
+    if (t.grad().defined()) sum += t.grad().to(torch::kDouble).pow(2).sum();
+  }
+  return sum;
+}
+
+void scale_gradients(const std::vector<torch::Tensor>& tensors, const torch::Tensor& norm,
+                     double max_norm) {
+  if (!std::isfinite(max_norm)) return;
+  torch::NoGradGuard no_grad;
+  auto coef = torch::clamp(max_norm / (norm + 1e-6), std::nullopt, 1.0);
+  coef = torch::where(norm.isfinite(), coef, torch::ones_like(coef));
+  for (const auto& t : tensors) {
+    if (t.grad().defined()) t.grad().mul_(coef.to(t.grad().scalar_type()));
+  }
+}
+
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& tensors, double max_norm,
+                             const torch::Device& device) {
+  auto norm = gradient_norm_squared(tensors, device).sqrt();
+  scale_gradients(tensors, norm, max_norm);
+  return norm;
+}
+
+}  // namespace remat::detail
 
 namespace remat::distributed {
 namespace {
@@ -85,31 +117,6 @@ void allocate_storage(const torch::Tensor& t, size_t nbytes) {
   if (storage->nbytes() == nbytes) return;
   storage->set_data_ptr_noswap(storage->allocator()->allocate(nbytes));
   storage->set_nbytes(nbytes);
-}
-
-// The sum of the squared gradients of `tensors`, in float64 on `device`
-// (no host synchronization).
-torch::Tensor total_norm_squared(const std::vector<torch::Tensor>& tensors,
-                                 const torch::Device& device) {
-  auto sum = torch::zeros({}, torch::dtype(torch::kDouble).device(device));
-  for (const auto& t : tensors) {
-    if (t.grad().defined()) sum += t.grad().to(torch::kDouble).pow(2).sum();
-  }
-  return sum;
-}
-
-// Scales the gradients by max_norm / (norm + 1e-6), clamped at 1, as
-// torch.nn.utils.clip_grad_norm_ does; a non-finite norm leaves them alone
-// (the step fails or is skipped). Device tensors throughout.
-void scale_gradients(const std::vector<torch::Tensor>& tensors, const torch::Tensor& norm,
-                     double max_norm) {
-  if (!std::isfinite(max_norm)) return;
-  torch::NoGradGuard no_grad;
-  auto coef = torch::clamp(max_norm / (norm + 1e-6), std::nullopt, 1.0);
-  coef = torch::where(norm.isfinite(), coef, torch::ones_like(coef));
-  for (const auto& t : tensors) {
-    if (t.grad().defined()) t.grad().mul_(coef.to(t.grad().scalar_type()));
-  }
 }
 
 }  // namespace
@@ -239,9 +246,7 @@ void DistributedDataParallel::finish_gradient_sync() {
 
 torch::Tensor DistributedDataParallel::clip_grad_norm_tensor(double max_norm) {
   // The gradients are the same on every rank after the all-reduce.
-  auto norm = total_norm_squared(params_, group_->device()).sqrt();
-  scale_gradients(params_, norm, max_norm);
-  return norm;
+  return detail::clip_grad_norm(params_, max_norm, group_->device());
 }
 
 // ---------------------------------------------------------------------------
@@ -600,10 +605,10 @@ void FullyShardedDataParallel::finish_gradient_sync() {
 
 torch::Tensor FullyShardedDataParallel::clip_grad_norm_tensor(double max_norm) {
   const auto locals = parameters();
-  auto squared = total_norm_squared(locals, group_->device());
+  auto squared = detail::gradient_norm_squared(locals, group_->device());
   group_->all_reduce(squared).wait();
   auto norm = squared.sqrt();
-  scale_gradients(locals, norm, max_norm);
+  detail::scale_gradients(locals, norm, max_norm);
   return norm;
 }
 
