@@ -9,5 +9,6 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${REMAT_BUILD_DIR:-$root/build}
-"$root/scripts/setup.sh"
+# Only the main job's program is built first: scripts/test.sh builds the rest.
+"$root/scripts/setup.sh" remat-finetune
 exec "$build/examples/remat-finetune" "$@"

@@ -2,7 +2,9 @@
 # Sets up a Debian 12 (or Ubuntu) machine to build remat, then configures and
 # builds it. Idempotent: what is already there is not installed again.
 #
-#   scripts/setup.sh              # install what is missing, configure, build
+#   scripts/setup.sh              # install what is missing, configure, build all
+#   scripts/setup.sh TARGET...    # the same, building only these targets
+#   scripts/setup.sh --configure-only
 #
 # Environment:
 #   CMAKE_PREFIX_PATH / Torch_DIR  use this LibTorch (zip or own build) instead
@@ -11,14 +13,37 @@
 #                     tests compare against (default ~/.cache/remat/venv)
 #   REMAT_BUILD_DIR   build directory (default ./build)
 #   REMAT_TORCH_SPEC  pip requirement for torch (default torch==2.11.0)
+#
+# The torch wheel from PyPI is a CUDA build, and LibTorch's CMake files need a
+# CUDA compiler and toolkit to configure against it, even for a CPU-only
+# build. A CUDA toolkit on the machine (nvcc on PATH, in CUDA_HOME or in
+# /usr/local/cuda) of torch's CUDA major version is used as it is, and
+# remat's fused CUDA kernels are built with it. Without one, NVIDIA's compiler
+# and header wheels of torch's CUDA version are installed into the venv and
+# laid out as a toolkit in $REMAT_VENV/cuda-toolkit for CMake; the fused
+# kernels are then left out (they run only on a GPU, whose machine has a
+# toolkit).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+configure_only=false
+if [ "${1:-}" = --configure-only ]; then
+  configure_only=true
+  shift
+fi
 venv=${REMAT_VENV:-$HOME/.cache/remat/venv}
 build=${REMAT_BUILD_DIR:-$root/build}
 torch_spec=${REMAT_TORCH_SPEC:-torch==2.11.0}
 
 log() { printf '[setup] %s\n' "$*" >&2; }
+
+# Seconds since the previous call, for the phase timings in the log.
+phase_start=$SECONDS
+elapsed() {
+  local now=$SECONDS
+  echo "$((now - phase_start)) s"
+  phase_start=$now
+}
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -27,7 +52,7 @@ as_root() {
 install_packages() {
   local wanted=(g++ cmake ninja-build git python3 python3-venv python3-pip
     libfmt-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
-    libcli11-dev nlohmann-json3-dev libonig-dev libutf8proc-dev libgloo-dev)
+    libcli11-dev nlohmann-json3-dev libonig-dev libutf8proc-dev libgloo-dev ccache)
   local missing=()
   for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
@@ -38,6 +63,7 @@ install_packages() {
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
+  log "Debian packages installed in $(elapsed)"
 }
 
 # The venv: torch (whose LibTorch is built against unless the user gives
@@ -57,6 +83,7 @@ ensure_venv() {
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q "${python_packages[@]}"
+  log "venv ready in $(elapsed)"
 }
 
 # Prints the CMake prefix of the LibTorch to build against.
@@ -70,14 +97,115 @@ torch_prefix() {
   fi
 }
 
+# The CUDA version the pip LibTorch was built with ("13.0"), or nothing for a
+# CPU build.
+torch_cuda_version() {
+  "$venv/bin/python" -c 'import torch; print(torch.version.cuda or "")'
+}
+
+# Prints the first nvcc that runs and is of CUDA major version $1, from
+# CUDACXX, CUDA_HOME, PATH or /usr/local/cuda.
+system_nvcc() {
+  local want_major=${1%%.*} candidate release
+  for candidate in "${CUDACXX:-}" "${CUDA_HOME:+$CUDA_HOME/bin/nvcc}" "$(command -v nvcc || true)" \
+    /usr/local/cuda/bin/nvcc; do
+    [ -n "$candidate" ] && [ -x "$candidate" ] || continue
+    release=$("$candidate" --version 2>/dev/null | sed -n 's/.*release \([0-9][0-9]*\)\..*/\1/p')
+    if [ "$release" = "$want_major" ]; then
+      echo "$candidate"
+      return
+    fi
+    log "ignoring $candidate: CUDA ${release:-of unknown version}, torch was built with CUDA $1"
+  done
+}
+
+# Installs NVIDIA's CUDA compiler, runtime and header wheels of CUDA $1 into
+# the venv and lays them out as a toolkit (bin/, include/, lib64/, nvvm/) in
+# $venv/cuda-toolkit, whose path it prints. The wheels keep their libraries
+# in lib/ with versioned names only; lib64/ links them under the names CMake
+# and nvcc look for.
+wheel_cuda_toolkit() {
+  local version=$1 toolkit=$venv/cuda-toolkit
+  local major=${version%%.*} minor=${version#*.}
+  local spec="~=$major.${minor%%.*}.0"
+  if [ ! -x "$toolkit/bin/nvcc" ] || ! "$toolkit/bin/nvcc" --version >/dev/null 2>&1; then
+    log "no CUDA $major toolkit on this machine: installing NVIDIA's CUDA $version compiler wheels into $venv"
+    "$venv/bin/pip" install -q "nvidia-cuda-nvcc$spec" "nvidia-nvvm$spec" "nvidia-cuda-crt$spec" \
+      "nvidia-cuda-cccl$spec" "nvidia-cuda-runtime$spec"
+    local cu
+    cu=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu'"$major"'"))')
+    [ -x "$cu/bin/nvcc" ] || {
+      log "error: the nvidia-cuda-nvcc wheel has no $cu/bin/nvcc; install a CUDA $version toolkit, or build against a CPU LibTorch (CMAKE_PREFIX_PATH)"
+      exit 1
+    }
+    rm -rf "$toolkit"
+    mkdir -p "$toolkit/lib64"
+    # nvcc finds its configuration, crt/ and the libraries from where it
+    # lies, so bin/ holds hard links (same file system), not symbolic ones.
+    cp -al "$cu/bin" "$toolkit/bin"
+    ln -s "$cu/include" "$toolkit/include"
+    ln -s "$cu/nvvm" "$toolkit/nvvm"
+    local lib name
+    for lib in "$cu"/lib/*; do
+      [ -f "$lib" ] || continue
+      name=$(basename "$lib")
+      ln -sf "$lib" "$toolkit/lib64/$name"
+      case $name in *.so.*) ln -sf "$lib" "$toolkit/lib64/${name%%.so.*}.so" ;; esac
+    done
+    log "CUDA toolkit from wheels in $toolkit ($(elapsed))"
+  fi
+  echo "$toolkit"
+}
+
+# The CMake arguments that say where CUDA is, for the pip LibTorch.
+cuda_cmake_args() {
+  [ -z "${Torch_DIR:-}${CMAKE_PREFIX_PATH:-}" ] || return 0  # the user's LibTorch
+  local version nvcc toolkit
+  version=$(torch_cuda_version)
+  [ -n "$version" ] || return 0
+  nvcc=$(system_nvcc "$version")
+  if [ -n "$nvcc" ]; then
+    echo "-DCMAKE_CUDA_COMPILER=$nvcc"
+    return
+  fi
+  toolkit=$(wheel_cuda_toolkit "$version")
+  echo "-DCMAKE_CUDA_COMPILER=$toolkit/bin/nvcc"
+  echo "-DCUDAToolkit_ROOT=$toolkit"
+  echo "-DCUDA_TOOLKIT_ROOT_DIR=$toolkit"
+  echo "-DREMAT_CUDA_KERNELS=OFF"
+}
+
+# ccache, when installed, caches compilations across build directories and
+# clones (paths relative to the source tree; the precompiled header is
+# passed with -include, which ccache needs these sloppiness settings for).
+ccache_cmake_args() {
+  command -v ccache >/dev/null 2>&1 || return 0
+  local launcher="env;CCACHE_BASEDIR=$root;CCACHE_NOHASHDIR=1"
+  launcher+=";CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime;ccache"
+  echo "-DCMAKE_CXX_COMPILER_LAUNCHER=$launcher"
+  echo "-DCMAKE_CUDA_COMPILER_LAUNCHER=$launcher"
+}
+
 install_packages
 ensure_venv
 prefix=$(torch_prefix)
-if [ ! -f "$build/build.ninja" ] || [ "$prefix" != "$(cat "$build/.remat-torch-prefix" 2>/dev/null)" ]; then
+mapfile -t cmake_args < <(cuda_cmake_args; ccache_cmake_args)
+phase_start=$SECONDS  # the CUDA wheels, if any, logged their own time
+configuration="$prefix ${cmake_args[*]}"
+if [ ! -f "$build/build.ninja" ] || [ "$configuration" != "$(cat "$build/.remat-configuration" 2>/dev/null)" ]; then
   log "configuring $build against $prefix"
+  rm -f "$build/CMakeCache.txt"
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_PREFIX_PATH="$prefix" -DPython3_EXECUTABLE="$venv/bin/python" >/dev/null
-  echo "$prefix" >"$build/.remat-torch-prefix"
+    -DCMAKE_PREFIX_PATH="$prefix" -DPython3_EXECUTABLE="$venv/bin/python" "${cmake_args[@]}" >/dev/null
+  echo "$configuration" >"$build/.remat-configuration"
+  log "configured in $(elapsed)"
 fi
-log "building"
-cmake --build "$build"
+$configure_only && exit 0
+if [ $# -gt 0 ]; then
+  log "building $*"
+  cmake --build "$build" --target "$@"
+else
+  log "building"
+  cmake --build "$build"
+fi
+log "built in $(elapsed)"
