@@ -95,6 +95,8 @@ struct GradientCheckpointingKwargs {
   std::optional<std::string> determinism_check;
   std::optional<bool> check_params;
   std::optional<int64_t> every_n_blocks;
+  std::optional<std::vector<int64_t>> layers;  // exactly these blocks
+  std::optional<std::string> granularity;      // block, attention, mlp or mlp_up
 };
 
 /// Reads gradient_checkpointing_kwargs; throws TrainingArgumentsError for an

@@ -102,6 +102,17 @@ std::function<bool(const json&)> string_in(std::vector<std::string> names) {
   };
 }
 
+bool distinct_indices(const json& v) {
+  if (!v.is_array()) return false;
+  std::vector<int64_t> seen;
+  for (const auto& i : v) {
+    if (!i.is_number_integer() || i.get<int64_t>() < 0) return false;
+    if (std::find(seen.begin(), seen.end(), i.get<int64_t>()) != seen.end()) return false;
+    seen.push_back(i.get<int64_t>());
+  }
+  return true;
+}
+
 bool is_string_or_strings(const json& v) {
   if (v.is_string()) return true;
   return v.is_array() &&
@@ -147,6 +158,15 @@ const std::vector<CheckpointingKey>& checkpointing_key_table() {
         "transformers 5's name for every_n_blocks (it counts decoder layers the same way).",
         integer_at_least(1)},
        [](auto& k, const json& v) { k.every_n_blocks = v.get<int64_t>(); }},
+      {{"layers", "a list of distinct integers >= 0", "",
+        "Checkpoint exactly these blocks (their indices in module order) instead of every N-th.",
+        distinct_indices},
+       [](auto& k, const json& v) { k.layers = v.get<std::vector<int64_t>>(); }},
+      {{"granularity", "one of \"block\", \"attention\", \"mlp\", \"mlp_up\"", "\"block\"",
+        "What each checkpointed block replays: block, the whole layer; attention or mlp, that "
+        "part alone; mlp_up, the MLP up to its output projection (keeps only the MLP's input).",
+        string_in({"block", "attention", "mlp", "mlp_up"})},
+       [](auto& k, const json& v) { k.granularity = v.get<std::string>(); }},
   };
   return keys;
 }
@@ -375,6 +395,10 @@ GradientCheckpointingKwargs parse_gradient_checkpointing_kwargs(const json& kwar
     fail(field, field +
                     " gives both every_n_blocks and every_n_layers (transformers 5's name for "
                     "it): give one");
+  }
+  if (kwargs.contains("layers") &&
+      (kwargs.contains("every_n_blocks") || kwargs.contains("every_n_layers"))) {
+    fail(field, field + " gives both layers and every_n_blocks/every_n_layers: give one");
   }
   GradientCheckpointingKwargs out;
   for (const auto& [key, value] : kwargs.items()) {

@@ -1,5 +1,6 @@
 #include "remat/nn/checkpointable.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include "remat/logging.h"
@@ -40,6 +41,9 @@ void validate(const GradientCheckpointingOptions& options) {
   TORCH_CHECK(!options.predicate() || options.every_n_blocks() == 1,
               "gradient_checkpointing_enable: every_n_blocks ", options.every_n_blocks(),
               " and a predicate were both given; use one of them");
+  TORCH_CHECK(options.blocks().empty() || (options.every_n_blocks() == 1 && !options.predicate()),
+              "gradient_checkpointing_enable: blocks and ",
+              options.predicate() ? "a predicate" : "every_n_blocks", " were both given; use one");
   const auto& check = options.checkpoint_options().determinism_check();
   TORCH_CHECK(check == "default" || check == "none",
               "gradient_checkpointing_enable: invalid determinism_check \"", check,
@@ -73,10 +77,21 @@ int64_t gradient_checkpointing_enable(torch::nn::Module& root,
   auto plan = std::make_shared<detail::CheckpointingPlan>();
   plan->options = options.checkpoint_options();
   plan->granularity = options.granularity();
+  const auto& blocks = options.blocks();
+  if (!blocks.empty()) {
+    int64_t count = 0;
+    for_each_block(root, [&](CheckpointableModule&, int64_t, const std::string&) { ++count; });
+    for (int64_t b : blocks) {
+      TORCH_CHECK(b >= 0 && b < count, "gradient_checkpointing_enable: block ", b,
+                  " does not exist: the model has ", count, " checkpointable blocks, indices 0 to ",
+                  count - 1);
+    }
+  }
   int64_t marked = 0;
   for_each_block(root, [&](CheckpointableModule& block, int64_t index, const std::string& name) {
-    bool mark = options.predicate() ? options.predicate()(index, name)
-                                    : index % options.every_n_blocks() == 0;
+    bool mark = !blocks.empty() ? std::find(blocks.begin(), blocks.end(), index) != blocks.end()
+                : options.predicate() ? options.predicate()(index, name)
+                                      : index % options.every_n_blocks() == 0;
     set_plan(block, mark ? plan : nullptr);
     marked += mark ? 1 : 0;
   });

@@ -60,6 +60,12 @@ struct GradientCheckpointingOptions {
   /// "layers.3"); `every_n_blocks` then must stay 1. Default: unset.
   TORCH_ARG(std::function<bool(int64_t index, const std::string& name)>, predicate) = nullptr;
 
+  /// When non-empty, marks exactly the blocks of these indices among the
+  /// checkpointable blocks, in module order (e.g. {0, 1, 2}: the first three
+  /// layers); each must be below the number of blocks, and `every_n_blocks`
+  /// must stay 1 and `predicate` unset. Default: empty.
+  TORCH_ARG(std::vector<int64_t>, blocks) = {};
+
   /// What each marked block checkpoints. Default Granularity::kBlock. The
   /// sub-block granularities need blocks that ask checkpoints(part), as
   /// remat's Transformer layers do.
