@@ -37,12 +37,12 @@ torch_spec=${REMAT_TORCH_SPEC:-torch==2.11.0}
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-# Seconds since the previous call, for the phase timings in the log.
+# Logs "$* in N s", N the seconds since the previous phase ended: the phase
+# timings in the log.
 phase_start=$SECONDS
-elapsed() {
-  local now=$SECONDS
-  echo "$((now - phase_start)) s"
-  phase_start=$now
+log_phase() {
+  log "$* in $((SECONDS - phase_start)) s"
+  phase_start=$SECONDS
 }
 
 as_root() {
@@ -63,7 +63,7 @@ install_packages() {
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
-  log "Debian packages installed in $(elapsed)"
+  log_phase "Debian packages installed"
 }
 
 # The venv: torch (whose LibTorch is built against unless the user gives
@@ -83,7 +83,7 @@ ensure_venv() {
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q "${python_packages[@]}"
-  log "venv ready in $(elapsed)"
+  log_phase "venv ready"
 }
 
 # Prints the CMake prefix of the LibTorch to build against.
@@ -152,7 +152,7 @@ wheel_cuda_toolkit() {
       ln -sf "$lib" "$toolkit/lib64/$name"
       case $name in *.so.*) ln -sf "$lib" "$toolkit/lib64/${name%%.so.*}.so" ;; esac
     done
-    log "CUDA toolkit from wheels in $toolkit ($(elapsed))"
+    log_phase "CUDA toolkit from wheels laid out in $toolkit"
   fi
   echo "$toolkit"
 }
@@ -190,7 +190,7 @@ install_packages
 ensure_venv
 prefix=$(torch_prefix)
 mapfile -t cmake_args < <(cuda_cmake_args; ccache_cmake_args)
-phase_start=$SECONDS  # the CUDA wheels, if any, logged their own time
+phase_start=$SECONDS  # the CUDA wheels, if any, logged their own time (in a subshell)
 configuration="$prefix ${cmake_args[*]}"
 if [ ! -f "$build/build.ninja" ] || [ "$configuration" != "$(cat "$build/.remat-configuration" 2>/dev/null)" ]; then
   log "configuring $build against $prefix"
@@ -198,7 +198,7 @@ if [ ! -f "$build/build.ninja" ] || [ "$configuration" != "$(cat "$build/.remat-
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_PREFIX_PATH="$prefix" -DPython3_EXECUTABLE="$venv/bin/python" "${cmake_args[@]}" >/dev/null
   echo "$configuration" >"$build/.remat-configuration"
-  log "configured in $(elapsed)"
+  log_phase "configured"
 fi
 $configure_only && exit 0
 if [ $# -gt 0 ]; then
@@ -208,4 +208,4 @@ else
   log "building"
   cmake --build "$build"
 fi
-log "built in $(elapsed)"
+log_phase "built"
