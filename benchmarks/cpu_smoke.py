@@ -73,14 +73,21 @@ for r in remat:
     by_category = {c["category"]: c for c in p["categories"]}
     assert by_category["gemm"]["ms_per_step"] > 0, p
     assert by_category["optimizer"]["count_per_step"] >= 1, p
-    assert abs(sum(c["percent"] for c in p["categories"]) - 100) < 1e-6, p
+    # Each percentage one float64 rounding, then a sum of k: gamma_k of 100.
+    k = len(p["categories"])
+    assert abs(sum(c["percent"] for c in p["categories"]) - 100) <= k * 2.0**-53 / (1 - k * 2.0**-53) * 100, p
     assert p["trace"] == traces[r["policy"]] and os.path.getsize(p["trace"]) > 0, p
 llama = json.load(open(os.path.join(work, "remat_llama.json")))
 assert not any("profile" in r for r in llama), "no --profile, no profile"
 assert llama[0]["losses"] == llama[1]["losses"], llama
-# Checkpointing only Llama's attention under bf16 autocast changes the
-# gradients by bf16 rounding (known; whole layers are bitwise equal).
+# Checkpointing only Llama's attention or MLP under bf16 autocast changes
+# the gradients by bf16 rounding (known; whole layers are bitwise equal), so
+# the first step's loss, before any update, is bitwise the same, and the
+# later ones follow the training trajectory: within 1e-3 relative is a check
+# that the policies train alike, not a rounding bound (none exists for a
+# trajectory through AdamW).
 for row in llama[2:]:
+    assert row["losses"][0] == llama[0]["losses"][0], row
     assert all(abs(a - b) <= 1e-3 * abs(b) for a, b in zip(row["losses"], llama[0]["losses"])), row
 report = open(markdown).read()
 for text in ("| remat | none |", "| remat | mlp |", "| HF Trainer | full |",

@@ -12,6 +12,7 @@
 #include "remat/models/causal_lm.h"
 #include "remat/nn/linear_cross_entropy.h"
 #include "remat/optim/adamw.h"
+#include "support.h"
 
 using remat::models::CausalLMInputs;
 
@@ -206,8 +207,13 @@ TEST_F(CudaPerfTest, FusedAndForeachAdamWEqualTorchAdamW) {
       expected.step();
       actual.step();
     }
+    // The same gradients; only the order of a step's 12 roundings per
+    // element differs, each relative to |p| or to the update lr m/(sqrt(v)+eps)
+    // (|m|/sqrt(v) <= 1.02 for betas (0.9, 0.95)): 2 gamma_12 (|p| + lr) a
+    // step, over 8 steps, relative to max |p| (at least 1 for randn).
+    const double tol = 8 * remat::test::reduction_tolerance(12, 1.0) * (1 + 1.02 * options.lr());
     for (size_t i = 0; i < a.size(); ++i) {
-      EXPECT_LE(relative_error(b[i].detach(), a[i].detach()), 1e-5)
+      EXPECT_LE(relative_error(b[i].detach(), a[i].detach()), tol)
           << "implementation " << static_cast<int>(implementation) << ", parameter " << i;
     }
   }

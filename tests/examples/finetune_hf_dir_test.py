@@ -12,7 +12,8 @@ import os
 import shutil
 import sys
 
-from fixtures import PAIRS, compare_logits, masked_loss, run, tiny_llama, write_jsonl
+from fixtures import (PAIRS, compare_logits, masked_loss, masked_loss_tolerance, run, tiny_llama,
+                      write_jsonl)
 
 
 def main():
@@ -32,11 +33,13 @@ def main():
     reference = masked_loss(model_dir, PAIRS)
     before = results["before"]["eval_loss"]
     print(f"eval loss before training: remat {before:.6f}, transformers (prompt masked) {reference:.6f}")
-    assert abs(before - reference) <= 1e-4 * max(1.0, reference), "prompt tokens are not masked as transformers does"
+    allowed = masked_loss_tolerance(model_dir, PAIRS)
+    assert abs(before - reference) <= allowed, f"prompt tokens are not masked as transformers does (allowed {allowed})"
     after = results["after"]["eval_loss"]
     assert after < before - 0.5, f"training did not lower the eval loss: {before} -> {after}"
     assert masked_loss(out, PAIRS) == masked_loss(out, PAIRS)
-    assert abs(masked_loss(out, PAIRS) - after) <= 1e-4 * max(1.0, after), "saved model differs from the trained one"
+    allowed = masked_loss_tolerance(out, PAIRS)
+    assert abs(masked_loss(out, PAIRS) - after) <= allowed, f"saved model differs from the trained one (allowed {allowed})"
     assert len(results["checkpointing_tradeoff"]) == 2
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         assert os.path.exists(os.path.join(out, name)), f"{name} was not saved"

@@ -30,8 +30,17 @@ def main():
         with torch.no_grad():
             logits = model(input_ids=remat["input_ids"]).logits
         diff = (logits - remat["logits"]).abs().max().item()
-        print(f"{name}: max |transformers - remat| = {diff:.3g}")
-        assert diff <= 1e-5, f"{name}: transformers disagrees with remat by {diff}"
+        # The same float32 forward in other orders: 2 gamma_n of max |logit|,
+        # n the longest chain of roundings (tests/support.h's transformer_chain).
+        c, ids = model.config, remat["input_ids"]
+        hidden = c.hidden_size
+        head_dim = getattr(c, "head_dim", None) or hidden // c.num_attention_heads
+        intermediate = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden
+        n = (c.num_hidden_layers * (7 * hidden + head_dim + 2 * ids.shape[1] + intermediate)
+             + 3 * hidden + c.vocab_size + ids.numel())
+        allowed = 2 * n * 2.0**-24 / (1 - n * 2.0**-24) * logits.abs().max().item()
+        print(f"{name}: max |transformers - remat| = {diff:.3g} (allowed {allowed:.3g})")
+        assert diff <= allowed, f"{name}: transformers disagrees with remat by {diff}, allowed {allowed}"
     print(f"{len(names)} saved directories load in transformers with the same logits")
 
 
