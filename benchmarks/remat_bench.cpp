@@ -364,14 +364,8 @@ json run_policy(const Shape& s, const Policy& policy, const RunOptions& o,
   options.device = device;
   auto model = remat::models::AutoModelForCausalLM::from_config(model_config(s), options);
   if (policy.options) model->gradient_checkpointing_enable(*policy.options);
-  int64_t params = 0, matmul_params = 0;
-  for (const auto& p : model->named_parameters()) {
-    params += p.value().numel();
-    const bool lookup_only =
-        p.key() == "transformer.wpe.weight" ||
-        (p.key() == "model.embed_tokens.weight" && !model->config().tie_word_embeddings);
-    if (!lookup_only) matmul_params += p.value().numel();
-  }
+  int64_t params = 0;
+  for (const auto& p : model->parameters()) params += p.numel();
   char dir_template[] = "/tmp/remat-bench-XXXXXX";
   const char* dir = mkdtemp(dir_template);
   TORCH_CHECK(dir != nullptr, "remat-bench: cannot create a temporary output directory");
@@ -449,8 +443,7 @@ json run_policy(const Shape& s, const Policy& policy, const RunOptions& o,
             {"activation_floor_mib", activation_floor_bytes(s, policy, bf16) / (1 << 20)},
             {"losses", losses},
             {"final_loss", losses.empty() ? json(nullptr) : json(losses.back())}};
-  const double flops = remat::training_flops_per_token(static_cast<double>(matmul_params), s.layers,
-                                                       s.hidden, s.seq);
+  const double flops = model->training_flops_per_token(s.seq);
   r["flops_per_token"] = flops;
   const auto peak = remat::peak_flops(r["device"].get<std::string>(), bf16);
   r["mfu"] = peak ? json(flops * tokens_per_s / *peak) : json(nullptr);

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "factory.h"
+#include "remat/flops.h"
 #include "remat/io/safetensors.h"
 #include "remat/logging.h"
 #include "remat/nn/linear_cross_entropy.h"
@@ -127,6 +128,20 @@ int64_t CausalLMImpl::gradient_checkpointing_enable(
 }
 
 void CausalLMImpl::gradient_checkpointing_disable() { nn::gradient_checkpointing_disable(*this); }
+
+double CausalLMImpl::training_flops_per_token(int64_t seq) const {
+  // Embedding tables are looked up, not multiplied: GPT-2's position table
+  // always, the token table unless the LM head reuses it (tied weights).
+  double matmul = 0;
+  for (const auto& [name, weight] : hf_state_dict()) {
+    const bool token_table =
+        name == "transformer.wte.weight" || name == "model.embed_tokens.weight";
+    if (name == "transformer.wpe.weight" || (token_table && !config_.tie_word_embeddings)) continue;
+    matmul += static_cast<double>(weight.numel());
+  }
+  return remat::training_flops_per_token(matmul, config_.num_hidden_layers, config_.hidden_size,
+                                         seq);
+}
 
 bool CausalLMImpl::is_gradient_checkpointing() const {
   return nn::is_gradient_checkpointing(*this);

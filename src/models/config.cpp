@@ -59,15 +59,22 @@ std::optional<int64_t> optional_id(const json& j, const char* key,
   return to_int(*it, key);
 }
 
-void parse_rope(const json& j, ModelConfig& c, double default_theta) {
+bool nonempty_object(const json& j, const char* key) {
+  return j.contains(key) && j[key].is_object() && !j[key].empty();
+}
+
+// As transformers' convert_rope_params_to_dict: a (non-empty) legacy
+// rope_scaling wins over rope_parameters; rope_theta comes from that dict,
+// else the top level, else 10000 (every supported class's default_theta).
+void parse_rope(const json& j, ModelConfig& c) {
   json params = json::object();
-  if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
-    params = j["rope_parameters"];
-  } else if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) {
+  if (nonempty_object(j, "rope_scaling")) {
     params = j["rope_scaling"];
+  } else if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+    params = j["rope_parameters"];
   }
   auto& r = c.rope;
-  r.rope_theta = get<double>(params, "rope_theta", get<double>(j, "rope_theta", default_theta));
+  r.rope_theta = get<double>(params, "rope_theta", get<double>(j, "rope_theta", 10000.0));
   r.rope_type = get<std::string>(params, "rope_type", get<std::string>(params, "type", "default"));
   const std::vector<std::string> supported{"default", "linear", "dynamic", "llama3"};
   TORCH_CHECK(std::find(supported.begin(), supported.end(), r.rope_type) != supported.end(),
@@ -123,13 +130,18 @@ void parse_llama(const json& j, ModelConfig& c, bool qwen2) {
   c.intermediate_size = get<int64_t>(j, "intermediate_size", qwen2 ? 22016 : 11008);
   c.num_hidden_layers = get<int64_t>(j, "num_hidden_layers", 32);
   c.num_attention_heads = get<int64_t>(j, "num_attention_heads", 32);
-  c.num_key_value_heads = get<int64_t>(j, "num_key_value_heads", c.num_attention_heads);
+  // Null means num_attention_heads; absent, Qwen2Config's default is 32
+  // whatever num_attention_heads is.
+  const bool qwen2_default_kv = qwen2 && !j.contains("num_key_value_heads");
+  c.num_key_value_heads = get<int64_t>(j, "num_key_value_heads",
+                                       qwen2_default_kv ? int64_t{32} : c.num_attention_heads);
   c.max_position_embeddings = get<int64_t>(j, "max_position_embeddings", qwen2 ? 32768 : 2048);
   c.rms_norm_eps = get<double>(j, "rms_norm_eps", 1e-6);
   c.hidden_act = get<std::string>(j, "hidden_act", "silu");
   c.tie_word_embeddings = get<bool>(j, "tie_word_embeddings", false);
   c.attention_dropout = get<double>(j, "attention_dropout", 0.0);
-  c.mlp_bias = get<bool>(j, "mlp_bias", false);
+  // Qwen2's modeling ignores attention_bias and mlp_bias (fixed biases).
+  c.mlp_bias = !qwen2 && get<bool>(j, "mlp_bias", false);
   const bool attention_bias = get<bool>(j, "attention_bias", false);
   c.qkv_bias = qwen2 || attention_bias;
   c.o_bias = !qwen2 && attention_bias;
@@ -147,7 +159,7 @@ void parse_llama(const json& j, ModelConfig& c, bool qwen2) {
               "config.json: use_sliding_window true is not supported");
   TORCH_CHECK(get<int64_t>(j, "pretraining_tp", 1) == 1, "config.json: pretraining_tp ",
               j.value("pretraining_tp", 1), " is not supported; only 1");
-  parse_rope(j, c, qwen2 ? 1000000.0 : 10000.0);
+  parse_rope(j, c);
 }
 
 void check_positive(const char* name, int64_t value) {

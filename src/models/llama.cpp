@@ -267,10 +267,19 @@ struct LlamaDecoderLayerImpl : nn::CheckpointableModule {
 };
 TORCH_MODULE(LlamaDecoderLayer);
 
+// transformers builds the embedding with padding_idx = pad_token_id: the pad
+// token's row gets no gradient. torch takes a negative index from the end; an
+// id outside [-vocab_size, vocab_size) has no row and no padding_idx.
+torch::nn::EmbeddingOptions embedding_options(const ModelConfig& c) {
+  auto options = torch::nn::EmbeddingOptions(c.vocab_size, c.hidden_size);
+  const auto pad = c.pad_token_id;
+  if (pad && *pad >= -c.vocab_size && *pad < c.vocab_size) options.padding_idx(*pad);
+  return options;
+}
+
 struct LlamaModelImpl : torch::nn::Module {
   explicit LlamaModelImpl(const ModelConfig& c)
-      : embed_tokens(
-            register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size))),
+      : embed_tokens(register_module("embed_tokens", torch::nn::Embedding(embedding_options(c)))),
         layers(register_module("layers", torch::nn::ModuleList())),
         norm(register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps))) {
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
@@ -327,6 +336,9 @@ class LlamaForCausalLM : public CausalLMImpl {
         p.normal_(0.0, config_.initializer_range);
       }
     }
+    // As transformers' init: the padding row starts at zero.
+    const auto& padding_idx = model->embed_tokens->options.padding_idx();
+    if (padding_idx) model->embed_tokens->weight[*padding_idx].zero_();
   }
 
  protected:

@@ -1,7 +1,8 @@
 """Reference data for the model tests, computed by transformers.
 
-For each tiny model configuration: a random model saved with save_pretrained,
-and in reference.safetensors the inputs and what transformers computes from
+For each tiny model configuration: a random model saved with save_pretrained
+(norm weights, biases and the pad token's embedding row random too, not
+transformers' ones and zeros), and in reference.safetensors the inputs and what transformers computes from
 them: logits (with and without left padding), the loss, every parameter's
 gradient, and greedy generate() output for a left-padded batch. Every
 reference comes from a freshly loaded model, so that stateful parts (dynamic
@@ -26,6 +27,21 @@ from transformers.generation.logits_process import (LogitsProcessorList,
 WARPER_CASES = [(0.7, 5, 0.9), (1.0, 0, 0.5), (1.3, 10, 1.0), (1.0, 50, 0.95)]
 
 VOCAB = 96
+PAD = 0
+
+
+def randomize(model):
+    """Random values where transformers initializes constants, so that a
+    norm weight or bias read wrongly (or a pad row zeroed) shows."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif "norm" in name or ".ln_" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+        embedding = model.get_input_embeddings().weight
+        embedding[PAD].copy_(0.02 * torch.randn(embedding.shape[1], generator=g))
 
 
 def configs():
@@ -73,6 +89,12 @@ def fresh(path):
 def reference(path, seq):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, VOCAB, (2, seq), generator=g)
+    # The pad token (Llama and Qwen2: the embedding's padding_idx, whose
+    # gradient is zero) and the last token of the vocabulary.
+    ids[0, 3] = PAD
+    ids[1, 7] = PAD
+    ids[0, 5] = VOCAB - 1
+    ids[1, 2] = VOCAB - 1
     labels = ids.clone()
     labels[0, :2] = -100
     labels[1, 5] = -100
@@ -131,6 +153,7 @@ def main():
     for name, (config, seq) in configs().items():
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config)
+        randomize(model)
         path = os.path.join(out, name)
         model.save_pretrained(path)
         save_file(reference(path, seq), os.path.join(path, "reference.safetensors"))

@@ -84,6 +84,8 @@ struct CausalLMOutput {
 /// How generate() picks tokens; the fields and defaults of transformers'
 /// GenerationConfig that remat supports.
 struct GenerationConfig {
+  /// The most tokens generate() appends to a row; it stops sooner once every
+  /// row has produced an EOS token.
   int64_t max_new_tokens = 20;
   /// false: greedy (argmax); true: sample after temperature, top-k, top-p.
   bool do_sample = false;
@@ -132,9 +134,13 @@ class CausalLMImpl : public torch::nn::Module {
   /// Missing weights are an error naming them; unused ones are logged.
   void load_hf_state_dict(const std::map<std::string, torch::Tensor>& weights);
 
-  /// Appends `max_new_tokens` tokens to each row of `input_ids` [batch,
-  /// tokens]; rows of a batch are left-padded, with `attention_mask` marking
-  /// the real tokens. Finished rows are filled with the pad token.
+  /// Appends up to `max_new_tokens` tokens to each row of `input_ids`
+  /// [batch, tokens] and returns [batch, tokens + new]; rows of a batch are
+  /// left-padded, with `attention_mask` marking the real tokens. As
+  /// transformers, it stops early once every row has produced an EOS token
+  /// (so `new` can be less than max_new_tokens); a row that finished earlier
+  /// is filled with the pad token. With no EOS tokens it always appends
+  /// max_new_tokens.
   torch::Tensor generate(const torch::Tensor& input_ids, const GenerationConfig& generation = {},
                          const std::optional<torch::Tensor>& attention_mask = std::nullopt);
 
@@ -149,6 +155,15 @@ class CausalLMImpl : public torch::nn::Module {
   void gradient_checkpointing_disable();
   /// Whether any decoder layer is marked for checkpointing.
   bool is_gradient_checkpointing() const;
+
+  /// FLOPs of training one token at sequence length `seq` (forward and
+  /// backward, no replay): remat::training_flops_per_token over the weights
+  /// a token is multiplied by (every parameter but lookup-only embedding
+  /// tables; a table tied to the LM head counts) and the attention of every
+  /// layer. The one definition of MFU: the Trainer's log line, TensorBoard
+  /// and remat-bench all divide it by the device's peak.
+  /// Example: GPT-2 124M at 1024 tokens is about 0.85e9.
+  double training_flops_per_token(int64_t seq) const;
 
   /// The directory from_pretrained() read, if any (tokenizer files).
   const std::string& source_dir() const { return source_dir_; }

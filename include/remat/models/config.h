@@ -48,7 +48,8 @@ struct ModelConfig {
   int64_t num_hidden_layers = 0;
   /// Query heads (GPT-2: `n_head`).
   int64_t num_attention_heads = 0;
-  /// Key/value heads (grouped-query attention); GPT-2: n_head.
+  /// Key/value heads (grouped-query attention); default num_attention_heads
+  /// (Qwen2: 32, Qwen2Config's default); GPT-2: n_head.
   int64_t num_key_value_heads = 0;
   /// Width of one head; default hidden_size / num_attention_heads.
   int64_t head_dim = 0;
@@ -60,7 +61,8 @@ struct ModelConfig {
   std::optional<int64_t> bos_token_id;
   /// config.json's eos_token_id (an int or a list).
   std::vector<int64_t> eos_token_ids;
-  /// config.json's pad_token_id.
+  /// config.json's pad_token_id. Llama and Qwen2: the token embedding's
+  /// padding_idx (that row gets no gradient), as in transformers.
   std::optional<int64_t> pad_token_id;
   /// Standard deviation of the weight initialization.
   double initializer_range = 0.02;
@@ -90,7 +92,7 @@ struct ModelConfig {
   bool qkv_bias = false;
   /// Bias on the output projection (Llama: attention_bias; Qwen2: never).
   bool o_bias = false;
-  /// Bias on the MLP projections (Llama: mlp_bias).
+  /// Bias on the MLP projections (Llama: mlp_bias; Qwen2: never).
   bool mlp_bias = false;
   /// Llama: dropout on the attention weights.
   double attention_dropout = 0.0;
