@@ -96,6 +96,37 @@ int64_t input_tokens(const data::Batch& batch) {
   return batch.input_ids.defined() ? batch.input_ids.numel() : 0;
 }
 
+// The vocabulary size of a remat causal LM (0 for other models).
+int64_t vocab_size_of(const torch::nn::Module& model) {
+  auto* lm = dynamic_cast<const models::CausalLMImpl*>(&model);
+  return lm != nullptr ? lm->config().vocab_size : 0;
+}
+
+// Every input id, and every label but the ignore index, is a token of the
+// model: checked on the collator's host tensors (on CUDA a bad id is a device
+// assert or a NaN loss). `where` names the batch ("step 3, micro-batch 1").
+void check_vocabulary(const data::Batch& batch, int64_t vocab_size, const std::string& where) {
+  if (vocab_size <= 0) return;
+  auto first_outside = [vocab_size](const torch::Tensor& ids, bool labels) {
+    auto bad = (ids < 0).logical_or(ids >= vocab_size);
+    if (labels) bad.logical_and_(ids != data::kIgnoreIndex);
+    return bad.any().item<bool>() ? bad.flatten().nonzero()[0].item<int64_t>() : int64_t{-1};
+  };
+  for (bool labels : {false, true}) {
+    const auto& ids = labels ? batch.labels : batch.input_ids;
+    if (!ids.defined() || !ids.device().is_cpu() || ids.dim() != 2) continue;
+    const int64_t at = first_outside(ids, labels);
+    if (at < 0) continue;
+    const int64_t row = at / ids.size(1), column = at % ids.size(1);
+    TORCH_CHECK(false, "Trainer: example ", row, " of the batch of ", where, " has ",
+                labels ? "label " : "input id ", ids[row][column].item<int64_t>(), " at position ",
+                column, "; the model's vocab_size is ", vocab_size, ", so ids must be in [0, ",
+                vocab_size, ")", labels ? " (or -100, ignored)" : "",
+                ". Is the tokenizer the model's (one with more tokens than the model's "
+                "embedding)?");
+  }
+}
+
 // HF's interval fields: a value below 1 is a fraction of the total steps.
 int64_t steps_from(double value, int64_t total) {
   if (value >= 1) return static_cast<int64_t>(value);
@@ -205,22 +236,64 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
   return result;
 }
 
-// A checkpoint is written as `.tmp-checkpoint-<step>-<pid>` and renamed when
-// complete. One whose process is gone (killed mid-save) is removed; one of a
-// live process (another run writing into the same output_dir) is left alone.
-// In a distributed run the pid is rank 0's, and only rank 0 calls this.
-void remove_abandoned_checkpoints(const std::string& dir) {
-  const std::string prefix = ".tmp-checkpoint-";
+void rename_path(const std::string& from, const std::string& to) {
+  TORCH_CHECK(::rename(from.c_str(), to.c_str()) == 0, "Trainer: cannot rename ", from, " to ", to,
+              ": ", std::strerror(errno));
+}
+
+void fsync_directory(const std::string& dir) { fsync_path(dir, O_RDONLY | O_DIRECTORY); }
+
+// Written last into a temporary checkpoint directory, after every other file
+// is on disk: the directory is a complete checkpoint. It stays in
+// checkpoint-<step> after the rename.
+constexpr const char* kCompleteMarker = ".checkpoint-complete";
+
+// Deletes a checkpoint directory without ever leaving a half-deleted one
+// under a name resume reads: it is renamed to `.trash-<name>-<pid>` first,
+// a name train() removes when it starts.
+void delete_checkpoint(const std::string& output_dir, const std::string& name, int64_t pid) {
+  const std::string trash = output_dir + "/.trash-" + name + "-" + std::to_string(pid);
+  remove_tree(trash);
+  rename_path(output_dir + "/" + name, trash);
+  fsync_directory(output_dir);
+  remove_tree(trash);
+}
+
+// The hidden directories of interrupted saves and deletions:
+// `.tmp-checkpoint-<step>-<pid>` (a checkpoint being written, complete once
+// it holds kCompleteMarker) and `.trash-checkpoint-<step>-<pid>` (a
+// checkpoint being deleted). Those of a live process (another run writing
+// into the same output_dir) are left alone. A complete temporary checkpoint
+// whose checkpoint-<step> is missing (killed between the renames that
+// replace a checkpoint) is renamed into place, being the only complete
+// copy; the others are removed. In a distributed run the pid is rank 0's, and
+// only rank 0 calls this.
+void recover_interrupted_saves(const std::string& dir) {
   for (const auto& name : list_directory(dir)) {
-    if (name.rfind(prefix, 0) != 0) continue;
+    const bool tmp = name.rfind(".tmp-checkpoint-", 0) == 0;
+    if (!tmp && name.rfind(".trash-checkpoint-", 0) != 0) continue;
     const auto dash = name.rfind('-');
     const auto digits = name.substr(dash + 1);
     if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
     const auto pid = static_cast<pid_t>(std::stoll(digits));
     const bool alive = pid != ::getpid() && (::kill(pid, 0) == 0 || errno == EPERM);
     if (alive) continue;
-    remove_tree(dir + "/" + name);
-    logger()->info("removed {}/{}, a checkpoint whose save did not finish", dir, name);
+    const std::string path = dir + "/" + name;
+    if (tmp) {
+      const std::string final_dir =
+          dir + "/" + name.substr(std::string(".tmp-").size(), dash - std::string(".tmp-").size());
+      if (is_file(path + "/" + kCompleteMarker) && !is_directory(final_dir)) {
+        rename_path(path, final_dir);
+        fsync_directory(dir);
+        logger()->info("renamed {} to {}: a complete checkpoint whose save was interrupted", path,
+                       final_dir);
+        continue;
+      }
+    }
+    remove_tree(path);
+    logger()->info("removed {}, {}", path,
+                   tmp ? "a checkpoint whose save did not finish"
+                       : "a checkpoint whose deletion did not finish");
   }
 }
 
@@ -266,6 +339,21 @@ void set_rng_states(const std::vector<torch::Tensor>& states) {
     auto gen = at::globalContext().defaultGenerator(
         c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(i - 1)));
     gen.set_state(states[i]);
+  }
+}
+
+// Runs `read`, which reads the checkpoint file `path`; an error names the
+// file and what it should have held.
+template <typename Read>
+void read_checkpoint_file(const std::string& path, const std::string& holds, Read read) {
+  try {
+    read();
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "Trainer: cannot resume from ", path, ", which should hold ", holds, ": ",
+                e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "Trainer: cannot resume from ", path, ", which should hold ", holds, ": ",
+                e.what());
   }
 }
 
@@ -516,7 +604,11 @@ struct Trainer::Run {
   int64_t batches = 0;      // per epoch
   int64_t total_steps = 0;  // max_steps of the run
   int64_t epochs = 0;
-  double flops_per_token = 0;
+  double flops_per_token = 0;  // transformers' total_flos: 6 x non-embedding parameters
+  // The MFU numerator, CausalLM::training_flops_per_token(seq), which is
+  // mfu_flops_at_0 + mfu_flops_per_position x seq; 6 x non-embedding
+  // parameters per token for other models.
+  double mfu_flops_at_0 = 0, mfu_flops_per_position = 0;
   std::optional<double> peak_flops;
 
   Clock::time_point start_time;
@@ -531,9 +623,12 @@ struct Trainer::Run {
   double learning_rate = 0;  // the last step's
   Clock::time_point log_start;
   int64_t steps_since_log = 0, tokens_since_log = 0;
+  double model_flops_since_log = 0;  // of every rank's tokens
 
   int64_t world = 1;         // processes training together
   bool stop_agreed = false;  // distributed: some rank asked to stop at this step
+
+  int64_t last_update_step = 0;  // the last step whose update was applied
 
   bool interrupted = false;
   std::string checkpoint;  // the last one saved
@@ -706,6 +801,37 @@ std::string Trainer::optimizer_file() const {
   return "optimizer.rank" + std::to_string(group_->rank()) + ".pt";
 }
 
+// Nothing non-finite is saved: an update that overflowed the weights (too
+// high a learning rate) ends training with the step and the parameter. One
+// host synchronization per save; a collective in a distributed run (FSDP
+// shards differ between the ranks).
+void Trainer::check_parameters_finite(const Run& run, const std::string& what) {
+  if (run.params.empty()) return;
+  std::vector<torch::Tensor> nonfinite;
+  nonfinite.reserve(run.params.size());
+  for (const auto& p : run.params) {
+    nonfinite.push_back(p.detach().isfinite().logical_not().any().to(torch::kDouble));
+  }
+  auto flags = torch::stack(nonfinite);
+  if (group_) {
+    flags = flags.to(group_->device());
+    group_->all_reduce(flags).wait();
+  }
+  flags = flags.cpu();
+  const auto* bad = flags.data_ptr<double>();
+  const auto first = std::find_if(bad, bad + flags.numel(), [](double v) { return v > 0; });
+  if (first == bad + flags.numel()) return;
+  const auto index = static_cast<size_t>(first - bad);
+  std::string name = "#" + std::to_string(index) + " of the optimizer";
+  for (const auto& p : model_->named_parameters()) {
+    if (p.value().unsafeGetTensorImpl() == run.params[index].unsafeGetTensorImpl()) name = p.key();
+  }
+  TORCH_CHECK(false, "Trainer: parameter \"", name, "\" is not finite after the update of step ",
+              run.last_update_step, ", so ", what,
+              " is not saved; lower the learning rate (learning_rate ", args_.learning_rate,
+              ") or the gradient norm (max_grad_norm ", args_.max_grad_norm, ")");
+}
+
 // A collective in a distributed run: every rank writes into one temporary
 // directory named with rank 0's pid (rank 0 the model and the state files,
 // every rank its optimizer shard under FSDP), and rank 0 renames and prunes.
@@ -715,6 +841,7 @@ void Trainer::save_checkpoint(Run& run) {
   const std::string tmp =
       args_.output_dir + "/.tmp-" + name + "-" + std::to_string(checkpoint_pid_);
   const bool main = is_main_process();
+  check_parameters_finite(run, final_dir);
   if (main) {
     remove_tree(tmp);
     make_directory(tmp);
@@ -744,17 +871,33 @@ void Trainer::save_checkpoint(Run& run) {
     write_file(tmp + "/remat_state.json", remat_state.dump(2));
     args_.to_json_file(tmp + "/training_args.json");
     // Only a complete checkpoint ever carries the final name: write aside,
-    // flush, then rename.
+    // flush, mark complete, then rename. A checkpoint of the same step
+    // (saved again after resuming from an earlier one) is renamed out of the
+    // way first and deleted after, so a kill at any point leaves a complete
+    // copy: the old one, or the marked temporary one that the next start
+    // renames into place.
     fsync_tree(tmp);
-    remove_tree(final_dir);
-    TORCH_CHECK(::rename(tmp.c_str(), final_dir.c_str()) == 0, "Trainer: cannot rename ", tmp,
-                " to ", final_dir, ": ", std::strerror(errno));
-    fsync_path(args_.output_dir, O_RDONLY | O_DIRECTORY);
+    write_file(tmp + "/" + kCompleteMarker, "");
+    fsync_path(tmp + "/" + kCompleteMarker, O_RDONLY);
+    fsync_directory(tmp);
+    const std::string trash =
+        args_.output_dir + "/.trash-" + name + "-" + std::to_string(checkpoint_pid_);
+    const bool replacing = is_directory(final_dir);
+    if (replacing) {
+      remove_tree(trash);
+      rename_path(final_dir, trash);
+    }
+    rename_path(tmp, final_dir);
+    fsync_directory(args_.output_dir);
+    if (replacing) remove_tree(trash);
     say("saved " + final_dir);
     if (args_.save_total_limit) {
       auto checkpoints = list_checkpoints(args_.output_dir);
       const auto limit = static_cast<size_t>(*args_.save_total_limit);
-      for (size_t i = 0; i + limit < checkpoints.size(); ++i) remove_tree(checkpoints[i].second);
+      for (size_t i = 0; i + limit < checkpoints.size(); ++i) {
+        const auto& path = checkpoints[i].second;
+        delete_checkpoint(args_.output_dir, path.substr(path.rfind('/') + 1), checkpoint_pid_);
+      }
     }
   } else {
     state_.stateful_callbacks["TrainerControl"] = control_.state();
@@ -789,16 +932,30 @@ void Trainer::resume(const std::string& requested, Run& run) {
   if (parallel_) parallel_->release_full_parameters(/*loaded=*/true);
   const std::string optimizer_path = dir + "/" + optimizer_file();
   TORCH_CHECK(is_file(optimizer_path), "Trainer: ", dir, " has no ", optimizer_file());
-  torch::serialize::InputArchive archive;
-  archive.load_from(optimizer_path, device_);
-  run.optimizer->load(archive);
-  run.scheduler->load_state(optim::LRSchedulerState::from_json(read_json(dir + "/scheduler.json")));
-  std::vector<torch::Tensor> states;
-  torch::load(states, dir + "/rng_state.pt");
-  set_rng_states(states);
+  read_checkpoint_file(optimizer_path, "the optimizer state (AdamW) of this model", [&] {
+    torch::serialize::InputArchive archive;
+    archive.load_from(optimizer_path, device_);
+    try {
+      run.optimizer->load(archive);
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, "it does not fit this model's parameters (is it from another model?): ",
+                  e.what_without_backtrace());
+    }
+  });
+  const std::string scheduler_path = dir + "/scheduler.json";
+  read_checkpoint_file(scheduler_path, "the learning-rate scheduler state", [&] {
+    run.scheduler->load_state(optim::LRSchedulerState::from_json(read_json(scheduler_path)));
+  });
+  const std::string rng_path = dir + "/rng_state.pt";
+  read_checkpoint_file(rng_path, "the random generator states (CPU and CUDA)", [&] {
+    std::vector<torch::Tensor> states;
+    torch::load(states, rng_path);
+    set_rng_states(states);
+  });
   if (run.scaler) {
     if (is_file(dir + "/scaler.json")) {
-      run.scaler->load_state_dict(read_json(dir + "/scaler.json"));
+      read_checkpoint_file(dir + "/scaler.json", "the fp16 loss scaler state",
+                           [&] { run.scaler->load_state_dict(read_json(dir + "/scaler.json")); });
     } else {
       logger()->warn(
           "{} has no scaler.json (it was not trained with fp16): the loss scale starts "
@@ -806,10 +963,21 @@ void Trainer::resume(const std::string& requested, Run& run) {
           dir, run.scaler->options().init_scale());
     }
   }
-  state_ = TrainerState::from_json(read_json(dir + "/trainer_state.json"));
+  const std::string state_path = dir + "/trainer_state.json";
+  read_checkpoint_file(state_path, "the TrainerState",
+                       [&] { state_ = TrainerState::from_json(read_json(state_path)); });
   set_process_flags();
   run.pos = Position::from_json(remat_state, dir + "/remat_state.json");
   logger()->info("resuming from {} at step {}", dir, state_.global_step);
+}
+
+// The model FLOPs of training on `batch` ([rows, seq] token ids): the MFU
+// numerator, CausalLM::training_flops_per_token(seq) per token slot.
+double Trainer::model_flops(const Run& run, const data::Batch& batch) {
+  if (!batch.input_ids.defined() || batch.input_ids.numel() == 0) return 0;
+  const int64_t seq = batch.input_ids.size(-1);
+  return (run.mfu_flops_at_0 + run.mfu_flops_per_position * static_cast<double>(seq)) *
+         static_cast<double>(batch.input_ids.numel());
 }
 
 // One optimizer step over the micro-batches of `group` (on the host): forward
@@ -835,14 +1003,16 @@ void Trainer::training_step(Run& run, std::vector<data::Batch>& group) {
         state_.num_input_tokens_seen += input_tokens(b);
         state_.total_flos += run.flops_per_token * static_cast<double>(b.input_ids.numel());
         run.tokens_since_log += b.input_ids.numel();
+        run.model_flops_since_log += model_flops(run, b);
       }
     } else {
-      // Target tokens, input tokens and token slots of all ranks.
-      std::array<double, 3> local{};
+      // Target tokens, input tokens, token slots and model FLOPs of all ranks.
+      std::array<double, 4> local{};
       for (const auto& b : group) {
         local[0] += static_cast<double>(target_tokens(b));
         local[1] += static_cast<double>(input_tokens(b));
         local[2] += static_cast<double>(b.input_ids.numel());
+        local[3] += model_flops(run, b);
       }
       auto counts = torch::tensor(at::ArrayRef<double>(local.data(), local.size()),
                                   torch::dtype(torch::kDouble))
@@ -854,9 +1024,14 @@ void Trainer::training_step(Run& run, std::vector<data::Batch>& group) {
       state_.num_input_tokens_seen += static_cast<int64_t>(total[1]);
       state_.total_flos += run.flops_per_token * total[2];
       run.tokens_since_log += static_cast<int64_t>(total[2]);
+      run.model_flops_since_log += total[3];
     }
     torch::Tensor step_loss;
+    const int64_t vocab_size = vocab_size_of(*model_);
     for (micro = 0; micro < group.size(); ++micro) {
+      check_vocabulary(
+          group[micro], vocab_size,
+          "step " + std::to_string(step) + ", micro-batch " + std::to_string(micro + 1));
       const auto batch = group[micro].to(device_, /*non_blocking=*/true);
       length = batch.input_ids.dim() > 1 ? batch.input_ids.size(1) : batch.input_ids.numel();
       // With accumulation, DDP reduces the gradients of the last micro-batch
@@ -931,7 +1106,10 @@ void Trainer::training_step(Run& run, std::vector<data::Batch>& group) {
     }
     const bool skip = nonfinite || overflow;
     call_callbacks([&](TrainerCallback& c) { c.on_pre_optimizer_step(args_, state_, control_); });
-    if (!skip) run.optimizer->step();
+    if (!skip) {
+      run.optimizer->step();
+      run.last_update_step = step;
+    }
     if (parallel_) parallel_->after_optimizer_step();
     call_callbacks([&](TrainerCallback& c) { c.on_optimizer_step(args_, state_, control_); });
     // The rate this step used (transformers logs it before the scheduler step).
@@ -994,10 +1172,11 @@ void Trainer::maybe_log_save_evaluate(Run& run) {
     const int64_t steps = std::max<int64_t>(run.steps_since_log, 1);
     record["step_ms"] = 1000 * seconds / steps;
     record["tokens_per_s"] = run.tokens_since_log / std::max(seconds, 1e-9);
-    // Model FLOPs utilization where the device's peak is known (CUDA cards
-    // such as the H100; not the CPU).
+    // Model FLOPs utilization of each device where its peak is known (CUDA
+    // cards such as the H100; not the CPU), as remat-bench computes it.
     if (run.peak_flops) {
-      record["mfu"] = run.flops_per_token * record["tokens_per_s"].get<double>() / *run.peak_flops;
+      record["mfu"] = run.model_flops_since_log / std::max(seconds, 1e-9) /
+                      static_cast<double>(run.world) / *run.peak_flops;
     }
     if (device_.is_cuda()) record["peak_memory_mib"] = max_memory_allocated(device_) >> 20;
     if (run.scaler) record["loss_scale"] = run.scaler->get_scale();
@@ -1023,6 +1202,7 @@ void Trainer::maybe_log_save_evaluate(Run& run) {
     run.pos.last_logged_step = state_.global_step;
     run.steps_since_log = 0;
     run.tokens_since_log = 0;
+    run.model_flops_since_log = 0;
     run.log_start = Clock::now();
     log(record);
   }
@@ -1098,7 +1278,7 @@ TrainOutput Trainer::train() {
   } end_stage{memory_.get()};
   torch::manual_seed(static_cast<uint64_t>(args_.seed));
   std::filesystem::create_directories(args_.output_dir);
-  if (is_main_process()) remove_abandoned_checkpoints(args_.output_dir);
+  if (is_main_process()) recover_interrupted_saves(args_.output_dir);
   if (args_.gradient_checkpointing) {
     nn::gradient_checkpointing_enable(*model_, args_.gradient_checkpointing_options());
   }
@@ -1156,6 +1336,12 @@ TrainOutput Trainer::train() {
     if (p.requires_grad()) run.params.push_back(p);
   }
   run.flops_per_token = 6.0 * static_cast<double>(non_embedding_parameters(*model_));
+  if (auto* lm = dynamic_cast<const models::CausalLMImpl*>(model_.get())) {
+    run.mfu_flops_at_0 = lm->training_flops_per_token(0);
+    run.mfu_flops_per_position = lm->training_flops_per_token(1) - run.mfu_flops_at_0;
+  } else {
+    run.mfu_flops_at_0 = run.flops_per_token;
+  }
   if (device_.is_cuda()) {
     run.peak_flops =
         peak_flops(at::cuda::getDeviceProperties(device_.has_index() ? device_.index() : 0)->name,
@@ -1259,6 +1445,7 @@ TrainOutput Trainer::train() {
   if (!run.interrupted) {
     json record(result.metrics);
     log(record);
+    check_parameters_finite(run, "the model in " + args_.output_dir);
     save_model_files(args_.output_dir);
   }
   if (parallel_) {
@@ -1299,12 +1486,14 @@ std::map<std::string, double> Trainer::evaluate() {
   // Summed on the device; read back once at the end.
   auto loss_sum = torch::zeros({}, torch::dtype(torch::kDouble).device(device_));
   int64_t tokens = 0, batches = 0;
+  const int64_t vocab_size = vocab_size_of(*model_);
   {
     torch::NoGradGuard no_grad;
     for (const auto& batch : loader.epoch(0)) {
       const int64_t items = target_tokens(batch);
       ++batches;
       if (items == 0 && !collective_forward) continue;
+      check_vocabulary(batch, vocab_size, "evaluation batch " + std::to_string(batches));
       auto b = batch.to(device_, /*non_blocking=*/true);
       auto autocast = mixed_precision(args_, device_.type());
       if (items == 0) {

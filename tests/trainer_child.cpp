@@ -5,9 +5,11 @@
 // found before train() are back after it).
 //
 //   trainer_child --output_dir DIR --max_steps N [--save_steps S] [--resume]
+//                 [--resume_from CHECKPOINT] [--save_total_limit L]
 //                 [--progress FILE] [--pause_at_step K] [--pause_after_save]
 //                 [--hang_in_save K]
 //
+// --resume: from the latest checkpoint; --resume_from: from CHECKPOINT.
 // --pause_at_step K: after step K, write "step K" to FILE and wait for a
 //   signal (the test sends SIGINT or SIGTERM once it reads the file).
 // --pause_after_save: after the next checkpoint is saved, write "saved" and
@@ -94,8 +96,10 @@ struct HangingTrainer : remat::Trainer {
 
 int main(int argc, char** argv) {
   std::string output_dir;
-  int64_t max_steps = 0, save_steps = 0, pause_at_step = -1, hang_in_save = -1;
+  int64_t max_steps = 0, save_steps = 0, save_total_limit = 0, pause_at_step = -1,
+          hang_in_save = -1;
   bool resume = false, pause_after_save = false;
+  std::string resume_from;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&] {
@@ -113,6 +117,10 @@ int main(int argc, char** argv) {
       save_steps = std::stoll(value());
     } else if (arg == "--resume") {
       resume = true;
+    } else if (arg == "--resume_from") {
+      resume_from = value();
+    } else if (arg == "--save_total_limit") {
+      save_total_limit = std::stoll(value());
     } else if (arg == "--progress") {
       g_progress = value();
     } else if (arg == "--pause_at_step") {
@@ -135,7 +143,9 @@ int main(int argc, char** argv) {
     args.save_strategy = "steps";
     args.save_steps = static_cast<double>(save_steps);
   }
+  if (save_total_limit > 0) args.save_total_limit = save_total_limit;
   if (resume) args.resume_from_checkpoint = "latest";
+  if (!resume_from.empty()) args.resume_from_checkpoint = resume_from;
   auto pauses = std::make_shared<Pauses>();
   pauses->pause_at_step = pause_at_step;
   pauses->pause_after_save = pause_after_save;

@@ -455,6 +455,14 @@ int run(int argc, char** argv) {
   }
   const Tokenizer& tok = *tokenizer;
   const auto& config = model->config();
+  // Ids the model has no embedding for would fail deep inside the forward.
+  if (tok.vocab_size() > config.vocab_size) {
+    throw std::invalid_argument(fmt::format(
+        "the tokenizer has {} tokens, model vocab_size {}: token ids from {} on have no "
+        "embedding; pass the model's own tokenizer (--tokenizer_name) or a model whose "
+        "vocab_size is at least {}",
+        tok.vocab_size(), config.vocab_size, config.vocab_size, tok.vocab_size()));
+  }
   // EOS after every document (the model's, else the tokenizer's); BOS when
   // the tokenizer's post-processor puts a token before every text, as the
   // model saw in pre-training.
@@ -491,7 +499,8 @@ int run(int argc, char** argv) {
                              .max_seq_length(max_seq_length)
                              .packing(o.packing)
                              .bos_token_id(bos)
-                             .eos_token_id(eos);
+                             .eos_token_id(eos)
+                             .vocab_size(config.vocab_size);
   const data::TokenizeFn tokenize = [&tok](std::string_view text) {
     return tok.encode(text, /*add_special_tokens=*/false);
   };

@@ -160,9 +160,13 @@ class Trainer {
   void call_callbacks(Hook hook);
   void log(nlohmann::json logs);
   void training_step(Run& run, std::vector<data::Batch>& group);
+  static double model_flops(const Run& run, const data::Batch& batch);
   void maybe_log_save_evaluate(Run& run);
   bool stop_if_interrupted(Run& run);
   void save_checkpoint(Run& run);
+  // Throws, naming the step and the parameter, if a parameter is not finite;
+  // `what` is what would have been saved.
+  void check_parameters_finite(const Run& run, const std::string& what);
   void resume(const std::string& dir, Run& run);
   void load_model(const std::string& dir);
   // save_model() of the full model: gathered under FSDP, written by rank 0

@@ -61,6 +61,58 @@ std::string where(const std::string& path, int64_t line) {
   return path + ":" + std::to_string(line);
 }
 
+// The offset of the first byte of `text` that does not start a well-formed
+// UTF-8 sequence (no overlong forms, surrogates or code points beyond
+// U+10FFFF), or npos.
+size_t invalid_utf8_at(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t length = 0;
+    unsigned char low = 0x80, high = 0xBF;  // the allowed range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) {
+      length = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      length = 3;
+      if (c == 0xE0) low = 0xA0;
+      if (c == 0xED) high = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      length = 4;
+      if (c == 0xF0) low = 0x90;
+      if (c == 0xF4) high = 0x8F;
+    } else {
+      return i;
+    }
+    if (i + length > text.size()) return i;
+    for (size_t k = 1; k < length; ++k) {
+      const auto d = static_cast<unsigned char>(text[i + k]);
+      if (d < (k == 1 ? low : 0x80) || d > (k == 1 ? high : 0xBF)) return i;
+    }
+    i += length;
+  }
+  return std::string_view::npos;
+}
+
+// A .txt file must be UTF-8 text: the error names the file, the line and the
+// byte (a binary file or another encoding, such as Latin-1).
+void check_utf8_text(const std::string& text, const std::string& path) {
+  const size_t bad = invalid_utf8_at(text);
+  if (bad == std::string_view::npos) return;
+  const auto line =
+      1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n');
+  const auto line_start = text.rfind('\n', bad == 0 ? std::string::npos : bad - 1);
+  const size_t column = line_start == std::string::npos ? bad : bad - line_start - 1;
+  const auto byte = static_cast<unsigned>(static_cast<unsigned char>(text[bad]));
+  TORCH_CHECK(false, where(path, line), ": not valid UTF-8: byte 0x", "0123456789abcdef"[byte >> 4],
+              "0123456789abcdef"[byte & 15], " at offset ", column,
+              " of the line does not start a UTF-8 sequence; .txt data files must be UTF-8 text "
+              "(convert the file, e.g. with iconv, or remove it if it is binary)");
+}
+
 std::vector<Document> split_text(const std::string& text, const std::string& path,
                                  const std::string& sample_by) {
   std::vector<Document> documents;
@@ -140,18 +192,34 @@ void check_options(const CausalLMDatasetOptions& options) {
               *options.bos_token_id());
   TORCH_CHECK(options.eos_token_id().value_or(0) >= 0, "eos_token_id must be >= 0, got ",
               *options.eos_token_id());
+  TORCH_CHECK(options.vocab_size().value_or(1) >= 1, "vocab_size must be at least 1, got ",
+              *options.vocab_size());
   const auto& s = options.sample_by();
   TORCH_CHECK(s == "paragraph" || s == "line" || s == "document", "Invalid sample_by '", s,
               "'; valid values: paragraph, line, document");
 }
 
 std::vector<int64_t> tokenize_checked(const TokenizeFn& tokenize, const std::string& text,
-                                      const Document& document) {
+                                      const Document& document,
+                                      const CausalLMDatasetOptions& options) {
   if (text.empty()) return {};
-  auto ids = tokenize(text);
+  std::vector<int64_t> ids;
+  try {
+    ids = tokenize(text);
+  } catch (const std::exception& e) {
+    const auto* error = dynamic_cast<const c10::Error*>(&e);
+    TORCH_CHECK(false, "Tokenizing the document at ", document.source,
+                " failed: ", error ? error->what_without_backtrace() : e.what());
+  }
   auto bad = std::find_if(ids.begin(), ids.end(), [](int64_t id) { return id < 0; });
   TORCH_CHECK(bad == ids.end(), "The tokenizer returned token id ", bad == ids.end() ? 0 : *bad,
               " for the document at ", document.source, "; token ids must be >= 0");
+  if (auto vocab_size = options.vocab_size()) {
+    bad = std::find_if(ids.begin(), ids.end(), [&](int64_t id) { return id >= *vocab_size; });
+    TORCH_CHECK(bad == ids.end(), "The tokenizer returned token id ", bad == ids.end() ? 0 : *bad,
+                " for the document at ", document.source, "; the model's vocab_size is ",
+                *vocab_size, " (is the tokenizer the model's?)");
+  }
   return ids;
 }
 
@@ -164,7 +232,10 @@ std::vector<Document> load_documents(const std::string& path,
   TORCH_CHECK(ext == ".txt" || ext == ".jsonl", "Unsupported data file '", path,
               "'; valid extensions: .txt, .jsonl");
   auto text = read_text_file(path);
-  if (ext == ".txt") return split_text(text, path, options.sample_by());
+  if (ext == ".txt") {
+    check_utf8_text(text, path);
+    return split_text(text, path, options.sample_by());
+  }
   return read_jsonl(text, path, options.dataset_text_field());
 }
 
@@ -196,8 +267,8 @@ CausalLMDataset CausalLMDataset::from_documents(const std::vector<Document>& doc
 void CausalLMDataset::add(const std::vector<Document>& documents, const TokenizeFn& tokenize) {
   TORCH_CHECK(tokenize, "CausalLMDataset needs a tokenize function");
   for (const auto& document : documents) {
-    auto prompt = tokenize_checked(tokenize, document.prompt, document);
-    auto completion = tokenize_checked(tokenize, document.completion, document);
+    auto prompt = tokenize_checked(tokenize, document.prompt, document, options_);
+    auto completion = tokenize_checked(tokenize, document.completion, document, options_);
     if (prompt.empty() && completion.empty()) continue;
     std::vector<int64_t> ids;
     if (options_.bos_token_id()) ids.push_back(*options_.bos_token_id());

@@ -16,7 +16,32 @@ DataCollatorForCausalLM::DataCollatorForCausalLM(const DataCollatorForCausalLMOp
               "'; valid values: right, left");
   TORCH_CHECK(options_.pad_to_multiple_of().value_or(1) >= 1,
               "pad_to_multiple_of must be at least 1, got ", *options_.pad_to_multiple_of());
+  TORCH_CHECK(options_.vocab_size().value_or(1) >= 1, "vocab_size must be at least 1, got ",
+              *options_.vocab_size());
 }
+
+namespace {
+
+// Every input id, and every label but kIgnoreIndex, is a token of the model.
+void check_vocabulary(const std::vector<Example>& examples, int64_t vocab_size) {
+  auto outside = [vocab_size](int64_t id) { return id < 0 || id >= vocab_size; };
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const auto& e = examples[i];
+    for (size_t j = 0; j < e.input_ids.size(); ++j) {
+      TORCH_CHECK(!outside(e.input_ids[j]), "Example ", i, " of the batch has input id ",
+                  e.input_ids[j], " at position ", j, "; the model's vocab_size is ", vocab_size,
+                  ", so ids must be in [0, ", vocab_size,
+                  "). Is the tokenizer the model's (a tokenizer with more tokens than the model's "
+                  "embedding)?");
+      TORCH_CHECK(e.labels[j] == kIgnoreIndex || !outside(e.labels[j]), "Example ", i,
+                  " of the batch has label ", e.labels[j], " at position ", j,
+                  "; the model's vocab_size is ", vocab_size, ", so labels must be in [0, ",
+                  vocab_size, ") or ", kIgnoreIndex, " (ignored)");
+    }
+  }
+}
+
+}  // namespace
 
 Batch DataCollatorForCausalLM::operator()(const std::vector<Example>& examples) const {
   TORCH_CHECK(!examples.empty(), "DataCollatorForCausalLM needs at least one example");
@@ -27,6 +52,7 @@ Batch DataCollatorForCausalLM::operator()(const std::vector<Example>& examples) 
                 " input_ids but ", e.labels.size(), " labels");
     length = std::max(length, static_cast<int64_t>(e.input_ids.size()));
   }
+  if (auto vocab_size = options_.vocab_size()) check_vocabulary(examples, *vocab_size);
   if (auto multiple = options_.pad_to_multiple_of())
     length = (length + *multiple - 1) / *multiple * *multiple;
 

@@ -137,6 +137,32 @@ TEST_F(CausalLMDatasetErrors, JsonlErrorsNameFileAndLine) {
   ASSERT_THROWS_WITH(load_documents(both), both + ":1: has both \"text\" and \"prompt\"");
 }
 
+// A binary or non-UTF-8 .txt file: the error names the file and the line.
+TEST_F(CausalLMDatasetErrors, TextThatIsNotUtf8NamesFileAndLine) {
+  auto latin1 = write("latin1.txt", "ok\n\nfine\ncaf\xe9 au lait\n");
+  ASSERT_THROWS_WITH(load_documents(latin1), latin1 + ":4: not valid UTF-8");
+  ASSERT_THROWS_WITH(load_documents(latin1, CausalLMDatasetOptions().sample_by("document")),
+                     latin1 + ":4: not valid UTF-8");
+  auto binary = write("binary.txt", std::string("\x7f"
+                                                "ELF\x02\x01\x01\0\0\xff",
+                                                10));
+  ASSERT_THROWS_WITH(CausalLMDataset({binary}, bytes), binary + ":1: not valid UTF-8");
+}
+
+// A tokenizer error and a token id beyond vocab_size name the document.
+TEST_F(CausalLMDatasetErrors, TokenErrorsNameTheDocument) {
+  auto path = write("ids.txt", "fine\n\nalso fine\n\n~ too high\n");
+  ASSERT_THROWS_WITH(
+      CausalLMDataset({path}, bytes, CausalLMDatasetOptions().vocab_size(120)),
+      "token id 126 for the document at " + path + ":5; the model's vocab_size is 120");
+  const remat::data::TokenizeFn failing = [](std::string_view text) -> std::vector<int64_t> {
+    if (text.find("also") != std::string_view::npos) throw std::runtime_error("cannot encode");
+    return bytes(text);
+  };
+  ASSERT_THROWS_WITH(CausalLMDataset({path}, failing),
+                     "Tokenizing the document at " + path + ":3 failed: cannot encode");
+}
+
 TEST_F(CausalLMDatasetErrors, TextFieldIsConfigurable) {
   auto path = write("content.jsonl", "{\"content\": \"hello\"}\n");
   auto documents = load_documents(path, CausalLMDatasetOptions().dataset_text_field("content"));

@@ -113,3 +113,19 @@ TEST(DataCollatorTest, Errors) {
   ASSERT_THROWS_WITH(collate({{{1, 2}, {1, 2}}, {{1, 2}, {1}}}),
                      "Example 1 has 2 input_ids but 1 labels");
 }
+
+// With vocab_size, ids and labels outside the vocabulary are errors on the
+// host (on CUDA the fused loss would give NaN, the embedding a device assert).
+TEST(DataCollatorTest, TokensOutsideTheVocabularyAreErrors) {
+  DataCollatorForCausalLM collate(DataCollatorForCausalLMOptions(0).vocab_size(10));
+  EXPECT_EQ(collate({{{1, 9}, {-100, 9}}}).input_ids.size(1), 2);
+  ASSERT_THROWS_WITH(collate({{{1, 2}, {1, 2}}, {{3, 10, 4}, {3, 10, 4}}}),
+                     "Example 1 of the batch has input id 10 at position 1; the model's "
+                     "vocab_size is 10");
+  ASSERT_THROWS_WITH(collate({{{1, 2}, {1, 12}}}),
+                     "Example 0 of the batch has label 12 at position 1; the model's vocab_size "
+                     "is 10");
+  ASSERT_THROWS_WITH(collate({{{-3}, {-3}}}), "input id -3 at position 0");
+  ASSERT_THROWS_WITH(DataCollatorForCausalLM(DataCollatorForCausalLMOptions(0).vocab_size(0)),
+                     "vocab_size must be at least 1, got 0");
+}

@@ -69,6 +69,10 @@ struct CausalLMDatasetOptions {
 
   /// The JSONL key holding plain text. Default "text".
   TORCH_ARG(std::string, dataset_text_field) = "text";
+
+  /// The model's vocabulary size: when set, a token id the tokenizer gives
+  /// at or beyond it is an error naming the document. Default unset.
+  TORCH_ARG(std::optional<int64_t>, vocab_size) = std::nullopt;
 };
 
 /// The documents of one file, by extension: `.txt` split as

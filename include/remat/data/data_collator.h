@@ -57,6 +57,12 @@ struct DataCollatorForCausalLMOptions {
 
   /// The label of padding positions. Default kIgnoreIndex (-100).
   TORCH_ARG(int64_t, label_pad_token_id) = kIgnoreIndex;
+
+  /// The model's vocabulary size: when set, every input id and every label
+  /// but kIgnoreIndex must lie in [0, vocab_size), checked on the host as the
+  /// batch is built (on the device a bad id is an assert or a NaN loss).
+  /// (The Trainer checks its host batches itself.) Default unset.
+  TORCH_ARG(std::optional<int64_t>, vocab_size) = std::nullopt;
 };
 
 /// Pads a list of examples to one length and stacks them: the batches of
