@@ -16,6 +16,7 @@
 
 #include "remat/models/causal_lm.h"
 #include "remat/nn/fused.h"
+#include "support.h"
 
 namespace {
 
@@ -38,17 +39,36 @@ Tensor plain_rms_norm(const Tensor& x, const Tensor& weight, double eps) {
 }
 Tensor f64(const Tensor& t) { return t.detach().to(torch::kDouble); }
 
-// One rounding to the dtype, with room for float32 math before it.
-double tolerance(torch::Dtype dtype) {
-  switch (dtype) {
-    case torch::kBFloat16:
-      return 1e-2;
-    case torch::kHalf:
-      return 2e-3;
-    default:
-      return 1e-5;
-  }
+using remat::test::reduction_gamma;
+
+// expect_close's floor is 1% of the largest reference: an error bounded
+// relative to terms as large as the largest reference (a sum whose terms
+// cancel) is at most 100 times the floor's share of it.
+constexpr double kFloorFactor = 100;
+
+// The rtol for expect_close of a kernel result against the float64
+// expression of the same inputs (exact in float64, so the reference is not
+// rounded): `roundings` roundings of the result to a 16-bit `dtype`
+// (gamma_r, relative to the element itself), plus the float32 arithmetic
+// before them: `own` roundings relative to the element (products, quotients,
+// positive sums) and `cancelling` relative to terms of the largest
+// reference's size (signed sums). CUDA's expf and rsqrtf are within 2 ulp
+// (4 u), counted as 4 roundings; '/' is IEEE (no fast math). For a float32
+// result the last rounding is one of the float32 ones.
+double tolerance(torch::Dtype dtype, int64_t own, int64_t cancelling = 0, int64_t roundings = 1) {
+  const double float32 = reduction_gamma(own) + kFloorFactor * reduction_gamma(cancelling);
+  return dtype == torch::kFloat ? float32 : reduction_gamma(roundings, dtype) + float32;
 }
+
+// SwiGLU's kernels: silu(g) = g / (1 + expf(-g)) is 4 + 1 + 1 roundings, then
+// one product. d_gate = d u s (1 + g (1 - s)): s 6, three products, and s's
+// error becomes 6 |g| u in 1 - s for large g (|g| <= 15: 5 sigma of 3 randn);
+// the sum 1 + g (1 - s) cancels near g = -1.28 (3 roundings on it).
+constexpr int64_t kSwigluForward = 7;
+constexpr int64_t kSwigluGateOwn = 6 + 3 + 6 * 15;
+constexpr int64_t kSwigluGateCancelling = 3;
+// Rotary: x1 cos - x2 sin, two products and a signed sum.
+constexpr int64_t kRotary = 3;
 
 // Every element within rtol of the float64 reference, relative to its own
 // magnitude plus 1% of the largest (results that cancel to near zero carry
@@ -105,15 +125,17 @@ void check_swiglu(const Tensor& gate_in, const Tensor& up_in, const std::string&
 
   auto g = f64(gate).requires_grad_(), u = f64(up).requires_grad_();
   auto want = torch::silu(g) * u;
-  expect_close(out, want, tolerance(dtype), "forward");
+  // float32 silu and product, one rounding to the dtype.
+  expect_close(out, want, tolerance(dtype, kSwigluForward), "forward");
 
   auto grad = torch::randn(out.sizes(), kCuda.dtype(dtype));
   auto got = torch::autograd::grad({out}, {gate, up}, {grad});
   auto ref = torch::autograd::grad({want}, {g, u}, {f64(grad)});
   ASSERT_EQ(got[0].scalar_type(), dtype);
   ASSERT_EQ(got[1].scalar_type(), dtype);
-  expect_close(got[0], ref[0], tolerance(dtype), "d_gate");
-  expect_close(got[1], ref[1], tolerance(dtype), "d_up");
+  expect_close(got[0], ref[0], tolerance(dtype, kSwigluGateOwn, kSwigluGateCancelling), "d_gate");
+  // d_up = d silu(g): silu's 6 and one product.
+  expect_close(got[1], ref[1], tolerance(dtype, kSwigluForward), "d_up");
 }
 
 TEST_P(FusedCudaTest, SwigluForwardAndBackward) {
@@ -151,10 +173,13 @@ TEST_P(FusedCudaTest, SwigluDoubleBackward) {
   auto first_ref = torch::autograd::grad({torch::silu(g) * u}, {g}, {f64(grad)}, true, true);
   auto second = torch::autograd::grad({first[0].to(torch::kFloat).sum()}, {gate, up});
   auto second_ref = torch::autograd::grad({first_ref[0].sum()}, {g, u});
-  // Two roundings in the low-precision dtypes (the first gradient, then the
-  // second): twice the one-rounding tolerance.
-  expect_close(second[0], second_ref[0], 2 * tolerance(dtype()), "d2/dgate2");
-  expect_close(second[1], second_ref[1], 2 * tolerance(dtype()), "d2/dgate dup");
+  // The second gradients are float32 autograd of the float32 formula (its
+  // cast to the dtype passes the gradient through exactly): twice the first
+  // gradient's float32 chain, then one rounding where the leaves' casts meet
+  // the dtype (the first gradient's own rounding is not on this path).
+  const double tol = tolerance(dtype(), 2 * kSwigluGateOwn, 2 * kSwigluGateCancelling);
+  expect_close(second[0], second_ref[0], tol, "d2/dgate2");
+  expect_close(second[1], second_ref[1], tol, "d2/dgate dup");
 }
 
 // ---- Rotary ----------------------------------------------------------------
@@ -173,7 +198,8 @@ void check_rotary(const Tensor& x_in, const Tensor& cos, const Tensor& sin,
 
   auto xd = f64(x).requires_grad_();
   auto want = plain_rotary(xd, f64(cos), f64(sin));
-  expect_close(out, want, tolerance(out_dtype), "forward");
+  // Two products and a signed sum in float32, one rounding to out_dtype.
+  expect_close(out, want, tolerance(out_dtype, 0, kRotary), "forward");
   if (out_dtype == torch::kFloat) {
     // float32 products and sums rounded as ATen rounds them: bit for bit.
     EXPECT_TRUE(torch::equal(out, plain_rotary(x.detach(), cos, sin)))
@@ -186,7 +212,8 @@ void check_rotary(const Tensor& x_in, const Tensor& cos, const Tensor& sin,
   auto got = torch::autograd::grad({out}, {x}, {grad})[0];
   auto ref = torch::autograd::grad({want}, {xd}, {f64(grad)})[0];
   ASSERT_EQ(got.scalar_type(), x_dtype);
-  expect_close(got, ref, tolerance(x_dtype), "backward");
+  // The same arithmetic on the gradient, one rounding to x's dtype.
+  expect_close(got, ref, tolerance(x_dtype, 0, kRotary), "backward");
   if (x_dtype == torch::kFloat && out_dtype == torch::kFloat) {
     auto x2 = x.detach().requires_grad_();
     auto plain = torch::autograd::grad({plain_rotary(x2, cos, sin)}, {x2}, {grad})[0];
@@ -270,7 +297,10 @@ TEST_P(FusedCudaTest, RotaryDoubleBackward) {
   auto ddx = torch::autograd::grad({dx.to(torch::kFloat).sum()}, {grad})[0];
   // d sum(R^T grad) / d grad = R(ones) = ones * cos + rotate_half(ones) * sin.
   auto ones = torch::ones({2, 5, 3, 16}, kCuda.dtype(torch::kDouble));
-  expect_close(ddx, plain_rotary(ones, f64(cos), f64(sin)), tolerance(dtype()), "d(dx)/dgrad");
+  // ddx is float32 (grad's dtype): the casts pass ones through exactly, the
+  // products with ones are exact, and the two paths' sum is one rounding.
+  expect_close(ddx, plain_rotary(ones, f64(cos), f64(sin)), tolerance(torch::kFloat, 0, 1),
+               "d(dx)/dgrad");
 }
 
 // ---- RMSNorm ---------------------------------------------------------------
@@ -286,14 +316,22 @@ TEST_P(FusedCudaTest, RmsNormUsesAtenFusedKernel) {
 
     auto xd = f64(x).requires_grad_(), wd = f64(weight).requires_grad_();
     auto want = wd * xd * torch::rsqrt(xd.pow(2).mean(-1, true) + 1e-6);
-    expect_close(out, want, tolerance(dtype()), "forward");
+    // ATen's kernel, order of summation unknown: rstd from a positive sum
+    // of dim squares (gamma_dim, halved by the square root), the mean, eps
+    // and rsqrt (1 + 1 + 4), then x * rstd * weight (2). In a 16-bit dtype
+    // the composite rounds twice (x * rstd to the dtype, then the product
+    // with weight); ATen's kernel rounds at most as often.
+    const int64_t rstd = dim / 2 + 6;
+    expect_close(out, want, tolerance(dtype(), rstd + 2, 0, 2), "forward");
     auto grad = torch::randn(out.sizes(), kCuda.dtype(dtype()));
     auto got = torch::autograd::grad({out}, {x, weight}, {grad});
     auto ref = torch::autograd::grad({want}, {xd, wd}, {f64(grad)});
-    // The gradients reduce over the row (dx) and over 21 rows (dweight) in
-    // float32 before one rounding.
-    expect_close(got[0], ref[0], tolerance(dtype()), "dx");
-    expect_close(got[1], ref[1], tolerance(dtype()), "dweight");
+    // dx = rstd (g - xh mean(g xh)): a signed sum over the row (dim, its
+    // products 2, the mean 1), then xh c and the difference (2); dweight a
+    // signed sum over 21 rows of grad xh. Two roundings in a 16-bit dtype
+    // (grad * weight, then the result), as the composite's backward.
+    expect_close(got[0], ref[0], tolerance(dtype(), rstd + 2, dim + 5, 2), "dx");
+    expect_close(got[1], ref[1], tolerance(dtype(), rstd + 2, 21, 2), "dweight");
   }
 }
 
@@ -305,17 +343,33 @@ TEST_P(FusedCudaTest, RmsNormOfMixedDtypesIsThePlainExpression) {
 
 // ---- RMSNorm into an output dtype (remat's kernel) -------------------------
 
-// The gradients' tolerance: one rounding to the dtype after float32 sums over
-// a row (grad_x) or over the rows (grad_weight).
-double grad_tolerance(torch::Dtype dtype) {
-  switch (dtype) {
-    case torch::kBFloat16:
-      return 2e-2;
-    case torch::kHalf:
-      return 4e-3;
-    default:
-      return 1e-5;
-  }
+// The longest chain of additions in remat's RMSNorm row sums (block_sum, a
+// fixed order): each thread's strided fma over at most hidden / 256 + 8
+// elements, 5 shuffle levels, then the block's 8 warps in order.
+int64_t row_sum_depth(int64_t hidden) { return hidden / 256 + 8 + 5 + 8; }
+
+// remat's RMSNorm kernel against float64, one rounding of each result to its
+// dtype (rms_norm_*_kernel in src/nn/fused_kernels.cu). rstd: the positive
+// sum of squares (its depth, halved by the square root), / hidden, + eps,
+// rsqrtf (1 + 1 + 4).
+int64_t rstd_roundings(int64_t hidden) { return row_sum_depth(hidden) / 2 + 6; }
+// The output w * (x * rstd): two products.
+double rms_forward_tolerance(torch::Dtype out, int64_t hidden) {
+  return tolerance(out, rstd_roundings(hidden) + 2);
+}
+// grad_x = r (g - xh c), c = sum(dy w * x r) / hidden: rstd and the
+// products (3) relative to the element; the signed dot (its depth, 2
+// products before each fma, / hidden) and xh c, g - xh c (2) relative to
+// the reference's scale.
+double rms_grad_x_tolerance(torch::Dtype x, int64_t hidden) {
+  return tolerance(x, rstd_roundings(hidden) + 3, row_sum_depth(hidden) + 5);
+}
+// grad_weight: a signed sum of dy * x r over the rows (each block's rows in
+// order, then the workspace's columns in 16 strided partial sums and those in
+// order: rows / blocks + blocks / 16 + 16, at most rows + 17 deep whatever
+// the block count), each term rstd and 2 products.
+double rms_grad_weight_tolerance(torch::Dtype x, int64_t hidden, int64_t rows) {
+  return tolerance(x, rstd_roundings(hidden) + 2, rows + 17);
 }
 
 // The spacing of `dtype` at each |t| (float64): 2^(exponent - mantissa bits),
@@ -352,7 +406,8 @@ void check_rms_norm_to(const Tensor& x_in, const Tensor& weight_in, torch::Dtype
 
   auto xd = f64(x).requires_grad_(), wd = f64(weight).requires_grad_();
   auto want = plain_rms_norm_f64(xd, wd, eps);
-  expect_close(out, want, tolerance(out_dtype), "forward");
+  const int64_t hidden = x.size(-1), rows = x.numel() / hidden;
+  expect_close(out, want, rms_forward_tolerance(out_dtype, hidden), "forward");
   {
     // The float32 results (ATen's and the kernel's) differ in their last
     // bits: one rounding apart in a 16-bit dtype, a few ulps in float32.
@@ -373,8 +428,8 @@ void check_rms_norm_to(const Tensor& x_in, const Tensor& weight_in, torch::Dtype
   ASSERT_EQ(got[0].scalar_type(), x_dtype);
   ASSERT_EQ(got[1].scalar_type(), x_dtype);
   ASSERT_EQ(got[0].sizes(), x.sizes());
-  expect_close(got[0], ref[0], grad_tolerance(x_dtype), "grad_x");
-  expect_close(got[1], ref[1], grad_tolerance(x_dtype), "grad_weight");
+  expect_close(got[0], ref[0], rms_grad_x_tolerance(x_dtype, hidden), "grad_x");
+  expect_close(got[1], ref[1], rms_grad_weight_tolerance(x_dtype, hidden, rows), "grad_weight");
 }
 
 struct RmsNormCase {
@@ -461,11 +516,12 @@ TEST_P(RmsNormToDtypeCudaTest, DoubleBackward) {
   auto first = torch::autograd::grad({out}, {xx, ww}, {grad}, true, true);
   auto first_ref =
       torch::autograd::grad({plain_rms_norm_f64(xd, wd, eps)}, {xd, wd}, {f64(grad)}, true, true);
-  // The formula in float32 ops over 5 rows of 24: cancellation leaves the
-  // smallest float32 gradients a little further from float64 than 1e-5.
-  const double tol = std::max(grad_tolerance(x_dtype), 1e-4);
-  expect_close(first[0], first_ref[0], tol, "grad_x");
-  expect_close(first[1], first_ref[1], tol, "grad_weight");
+  // The formula in float32 ATen ops (order unknown) over 5 rows of 24, one
+  // rounding to x's dtype: rstd 24 / 2 + 6, the products 3; the signed sums
+  // over the row (24 + 5, as grad_x above) and over the 5 rows.
+  const int64_t own = 24 / 2 + 6 + 3, cancelling = 24 + 5 + 5;
+  expect_close(first[0], first_ref[0], tolerance(x_dtype, own, cancelling), "grad_x");
+  expect_close(first[1], first_ref[1], tolerance(x_dtype, own, cancelling), "grad_weight");
   // A scalar of both first gradients, differentiated again. The factors are
   // values of x's dtype: the first gradients' casts round what flows back
   // through them to that dtype.
@@ -476,9 +532,13 @@ TEST_P(RmsNormToDtypeCudaTest, DoubleBackward) {
       {xx, ww});
   auto second_ref = torch::autograd::grad(
       {(first_ref[0] * f64(cx)).sum() + (first_ref[1] * f64(cw)).sum()}, {xd, wd});
-  // Two roundings in the 16-bit dtypes: twice the one-rounding tolerance.
-  expect_close(second[0], second_ref[0], 2 * tol, "d(grads)/dx");
-  expect_close(second[1], second_ref[1], 2 * tol, "d(grads)/dweight");
+  // Float32 autograd through that formula: twice its chains; the gradient
+  // reaches x and weight through their casts to float32, one rounding to x's
+  // dtype (cx and cw are exact, the first gradients' rounding is off this
+  // path).
+  const double tol = tolerance(x_dtype, 2 * own, 2 * cancelling);
+  expect_close(second[0], second_ref[0], tol, "d(grads)/dx");
+  expect_close(second[1], second_ref[1], tol, "d(grads)/dweight");
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, RmsNormToDtypeCudaTest,
@@ -577,13 +637,27 @@ class FusedLlamaCudaTest : public ::testing::Test {
     return model;
   }
 
+  // The forward's chain of roundings (support.h's transformer_chain) for this
+  // config and input_ids: 2 layers, hidden 128, intermediate 344, head_dim
+  // 32, 48 tokens a sequence, vocab 256, 96 tokens: 3472.
+  int64_t forward_chain() const {
+    return remat::test::transformer_chain(2, 128, 344, 32, input_ids.size(1), 256,
+                                          input_ids.numel());
+  }
+  // The matmuls on the path from the inputs to the loss: per layer q (or k,
+  // v), the scores, the values, the output, gate (or up) and down; then the
+  // head.
+  static constexpr int64_t kPathMatmuls = 6 * 2 + 1;
+
   remat::models::ModelConfig config;
   std::shared_ptr<remat::models::CausalLMImpl> cpu;
   Tensor input_ids;
 };
 
-// Logits and loss within 1e-4 of the CPU model; gradients with
-// checkpointing on within 1e-3 (as the transformers parity tests on CUDA).
+// CUDA against CPU, both float32: the same computation in other kernels'
+// orders, as the transformers parity tests on the CPU: logits and loss
+// 2 gamma_chain relative to their largest (4.1e-4 here), gradients with
+// checkpointing on 2 gamma_(2 chain) (8.3e-4).
 TEST_F(FusedLlamaCudaTest, Fp32MatchesCpuWithCheckpointing) {
   RecordProperty("fused_kernels_available", remat::nn::fused_kernels_available() ? "1" : "0");
   remat::models::CausalLMInputs in;
@@ -608,20 +682,20 @@ TEST_F(FusedLlamaCudaTest, Fp32MatchesCpuWithCheckpointing) {
     torch::NoGradGuard no_grad;
     const double err = relative_error(model->forward(cin).logits, cpu_logits);
     RecordProperty("logits_rel_error", std::to_string(err));
-    EXPECT_LE(err, 1e-4);
+    EXPECT_LE(err, remat::test::reduction_tolerance(forward_chain(), 1.0));
   }
   cin.labels = input_ids.cuda();
   auto loss = model->forward(cin).loss;
   const double loss_err = relative_error(loss.reshape(1), cpu_loss.reshape(1));
   RecordProperty("loss_rel_error", std::to_string(loss_err));
-  EXPECT_LE(loss_err, 1e-4);
+  EXPECT_LE(loss_err, remat::test::reduction_tolerance(forward_chain(), 1.0));
   loss.backward();
   auto cpu_params = cpu->named_parameters();
   double worst = 0;
   for (const auto& item : model->named_parameters()) {
     ASSERT_TRUE(item.value().grad().defined()) << item.key();
     const double err = relative_error(item.value().grad(), cpu_params[item.key()].grad());
-    EXPECT_LE(err, 1e-3) << item.key();
+    EXPECT_LE(err, remat::test::reduction_tolerance(2 * forward_chain(), 1.0)) << item.key();
     worst = std::max(worst, err);
   }
   RecordProperty("grad_rel_error", std::to_string(worst));
@@ -642,8 +716,13 @@ class Bf16Autocast {
 
 // bf16 autocast with float32 weights (the training setup): bf16 q and k with
 // float32 cos and sin through the rotary kernel, SwiGLU in bf16, the decoder
-// layers' RMSNorms from the float32 residual stream into bf16 in one kernel. Loss and gradients
-// stay within bf16's few percent of the float32 CPU model, with and without checkpointing.
+// layers' RMSNorms from the float32 residual stream into bf16 in one kernel. Against the
+// float32 CPU model, with and without checkpointing: the loss within
+// autocast_loss_tolerance (3 bf16 roundings per matmul on the path, 13
+// matmuls: gamma_39(bf16) = 0.18 relative), the gradients twice that chain
+// (gamma_78(bf16) = 0.44 relative to their largest). The fused kernels' bf16
+// roundings are the matmuls' input roundings counted there; the float32
+// part is 2^16 times smaller.
 TEST_F(FusedLlamaCudaTest, Bf16AutocastTrainingStepMatchesCpu) {
   remat::models::CausalLMInputs in;
   in.input_ids = input_ids;
@@ -670,13 +749,14 @@ TEST_F(FusedLlamaCudaTest, Bf16AutocastTrainingStepMatchesCpu) {
     const double loss_err = relative_error(loss.reshape(1), cpu_loss.reshape(1));
     RecordProperty(checkpointing ? "bf16_loss_rel_error_ckpt" : "bf16_loss_rel_error",
                    std::to_string(loss_err));
-    EXPECT_LE(loss_err, 2e-2);
+    EXPECT_LE(loss_err, remat::test::autocast_loss_tolerance(kPathMatmuls, 1.0, torch::kBFloat16));
     double worst = 0;
     for (const auto& item : model->named_parameters()) {
       ASSERT_TRUE(item.value().grad().defined()) << item.key();
       ASSERT_EQ(item.value().grad().scalar_type(), torch::kFloat) << item.key();
       const double err = relative_error(item.value().grad(), cpu_params[item.key()].grad());
-      EXPECT_LE(err, 1e-1) << item.key();
+      EXPECT_LE(err, remat::test::autocast_loss_tolerance(2 * kPathMatmuls, 1.0, torch::kBFloat16))
+          << item.key();
       worst = std::max(worst, err);
     }
     std::cout << (checkpointing ? "checkpointing" : "no checkpointing")

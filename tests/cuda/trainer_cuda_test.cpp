@@ -3,6 +3,7 @@
 // Skipped without a CUDA device.
 
 #include <gtest/gtest.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -10,7 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "remat/flops.h"
 #include "remat/trainer.h"
+#include "support.h"
 #include "trainer_support.h"
 
 namespace {
@@ -94,22 +97,59 @@ TEST_F(TrainerCuda, CheckpointingTrainsTheSameAndResumesExactly) {
   };
   const auto [plain_losses, plain_weights] = run(scratch_dir("cuda_ckpt_off"), false, false, false);
   const auto [ckpt_losses, ckpt_weights] = run(scratch_dir("cuda_ckpt_on"), true, false, false);
+  // Bitwise, as on the CPU: checkpointing replays the same kernels on the
+  // same inputs with the dropout stream restored. The one reduction on the
+  // path whose order is not fixed, the fused attention backward's atomic
+  // accumulation of dq over blocks of keys, has one block here (at most 11
+  // keys, a block is 64 or more): a sum of one term, exact.
   ASSERT_EQ(plain_losses.size(), ckpt_losses.size());
-  for (size_t i = 0; i < plain_losses.size(); ++i) {
-    EXPECT_NEAR(ckpt_losses[i], plain_losses[i], 1e-3 * std::abs(plain_losses[i])) << i;
-  }
+  EXPECT_EQ(ckpt_losses, plain_losses);
   // Stopped at step 6 and resumed (other initial weights: the checkpoint
   // replaces them): the CUDA dropout stream and the data order carry on.
   const auto dir = scratch_dir("cuda_resume");
   run(dir, true, true, false);
   const auto [resumed_losses, resumed_weights] = run(dir, true, false, true);
+  // Bitwise: the checkpoint holds the float32 weights, the optimizer state
+  // and the RNG exactly, and steps 7 to 12 run the same kernels (the dq
+  // accumulation above is a sum of one term).
   ASSERT_EQ(resumed_losses.size(), ckpt_losses.size());
   for (size_t i = 6; i < ckpt_losses.size(); ++i) {
-    EXPECT_NEAR(resumed_losses[i], ckpt_losses[i], 1e-5 * std::abs(ckpt_losses[i])) << i;
+    EXPECT_EQ(resumed_losses[i], ckpt_losses[i]) << i;
   }
+  ASSERT_EQ(resumed_weights.size(), ckpt_weights.size());
   for (size_t i = 0; i < ckpt_weights.size(); ++i) {
-    EXPECT_TRUE(torch::allclose(resumed_weights[i], ckpt_weights[i], 1e-4, 1e-5)) << i;
+    EXPECT_TRUE(remat::test::bitwise_equal(resumed_weights[i], ckpt_weights[i])) << i;
   }
+}
+
+// The log line's MFU is remat-bench's: CausalLM::training_flops_per_token(seq)
+// times the tokens per second over the device's peak, one definition for
+// both (here every row has 12 tokens, so every batch's seq is 12).
+TEST_F(TrainerCuda, LoggedMfuIsTheModelFlopsOverThePeak) {
+  const auto peak = remat::peak_flops(at::cuda::getDeviceProperties(0)->name, /*bf16=*/true);
+  if (!peak) GTEST_SKIP() << "no known peak for " << at::cuda::getDeviceProperties(0)->name;
+  auto args = cuda_args(scratch_dir("cuda_mfu"));
+  args.bf16 = true;
+  auto dataset = std::make_shared<remat::test::VectorDataset>();
+  for (int64_t i = 0; i < 48; ++i) {
+    remat::data::Example e;
+    for (int64_t t = 0; t < 12; ++t) e.input_ids.push_back(3 + (i + t) % 40);
+    e.labels = e.input_ids;
+    dataset->examples.push_back(e);
+  }
+  auto model = tiny_gpt2();
+  Trainer trainer(model, args, dataset);
+  trainer.train();
+  int logged = 0;
+  for (const auto& record : trainer.log_history()) {
+    if (!record.contains("mfu")) continue;  // the run's summary
+    const double expected =
+        model->training_flops_per_token(12) * record.at("tokens_per_s").get<double>() / *peak;
+    // The same products and quotients in another order: a few float64 roundings.
+    EXPECT_NEAR(record.at("mfu").get<double>(), expected, 8 * std::ldexp(1.0, -53) * expected);
+    ++logged;
+  }
+  EXPECT_EQ(logged, 12);
 }
 
 }  // namespace
