@@ -176,15 +176,16 @@ cuda_cmake_args() {
 }
 
 # ccache, when installed, caches compilations across build directories and
-# clones (paths relative to the source tree; the precompiled header is
-# passed with -include, which ccache needs these sloppiness settings for).
+# clones: the build below runs with paths taken relative to the source tree,
+# and with the sloppiness settings the precompiled header (passed with
+# -include) needs; a build by hand without them still compiles, caching less.
 ccache_cmake_args() {
   command -v ccache >/dev/null 2>&1 || return 0
-  local launcher="env;CCACHE_BASEDIR=$root;CCACHE_NOHASHDIR=1"
-  launcher+=";CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime;ccache"
-  echo "-DCMAKE_CXX_COMPILER_LAUNCHER=$launcher"
-  echo "-DCMAKE_CUDA_COMPILER_LAUNCHER=$launcher"
+  echo "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
+  echo "-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"
 }
+export CCACHE_BASEDIR=$root CCACHE_NOHASHDIR=1
+export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
 
 install_packages
 ensure_venv
