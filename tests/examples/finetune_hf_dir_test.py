@@ -62,6 +62,9 @@ def main():
         (["--model_name_or_path", model_dir, "--train_file", train, "--lr_scheduler_type", "bogus"],
          "bogus"),
         (["--model_name_or_path", model_dir, "--train_file", train, "--top_p", "2"], "--top_p 2"),
+        # A tokenizer larger than the model's embedding, refused at start-up.
+        (["--model_name_or_path", tiny_llama(os.path.join(work, "small-vocab"), vocab_size=200),
+          "--train_file", train], "the tokenizer has 259 tokens, model vocab_size 200"),
     ]
     for flags, needle in bad:
         proc = run([finetune, "--output_dir", os.path.join(work, "bad")] + flags, expect_ok=False)

@@ -33,11 +33,12 @@ def forward_chain(config, seq, tokens):
     return config.num_hidden_layers * layer + 3 * hidden + config.vocab_size + tokens
 
 
-def tiny_llama(path, seed=0):
-    """A randomly initialized LlamaForCausalLM saved by transformers, with tokenizer files."""
+def tiny_llama(path, seed=0, vocab_size=259):
+    """A randomly initialized LlamaForCausalLM saved by transformers, with tokenizer files
+    (the default's 259 tokens; a smaller vocab_size leaves some without an embedding)."""
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
