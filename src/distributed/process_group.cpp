@@ -1,6 +1,8 @@
 #include "remat/distributed/process_group.h"
 
+#ifdef REMAT_HAVE_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <cstdlib>
@@ -148,6 +150,11 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const LaunchEnv& env,
         " within ddp_timeout = " + std::to_string(options.timeout_seconds()) + " s: " + e.what());
   }
   if (group->backend_ == "gloo") {
+#ifndef REMAT_HAVE_GLOO
+    TORCH_CHECK(false,
+                "remat::distributed: the gloo backend was not built (no Gloo headers when remat "
+                "was configured); install libgloo-dev, as scripts/setup.sh does, and reconfigure");
+#else
     auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
     // Gloo's transport address: GLOO_SOCKET_IFNAME's interface when set (as
     // in PyTorch); the loopback when the run is on one host reached through
@@ -162,6 +169,7 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const LaunchEnv& env,
     }
     state->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
         state->store, static_cast<int>(env.rank), static_cast<int>(env.world_size), gloo);
+#endif
   } else {
     state->backend = detail::create_nccl_backend(state->store, env.rank, env.world_size, timeout);
   }
