@@ -12,10 +12,10 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "../detail/grad_norm.h"
 #include "remat/logging.h"
 #include "remat/nn/checkpointable.h"
 #include "remat/optim/adamw.h"
-#include "../detail/grad_norm.h"
 
 namespace remat::detail {
 

@@ -2,8 +2,8 @@
 // checkpointing on and off, and exact resume with the CUDA generator state.
 // Skipped without a CUDA device.
 
-#include <gtest/gtest.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cmath>
