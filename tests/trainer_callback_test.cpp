@@ -517,6 +517,17 @@ TEST(TrainerSignals, AnIgnoredSignalStaysIgnored) {
   ::sigaction(SIGINT, &previous, nullptr);
 }
 
+// The pid of a process that has exited: what a run killed mid-save leaves
+// in the names of its temporary directories.
+namespace {
+pid_t exited_process() {
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(0);
+  if (pid > 0) ::waitpid(pid, nullptr, 0);
+  return pid;
+}
+}  // namespace
+
 // A checkpoint directory left by a process killed mid-save is removed when
 // training starts; one of a live process is left alone.
 TEST(TrainerCheckpoints, AbandonedTemporaryDirectoriesAreRemoved) {
@@ -524,10 +535,8 @@ TEST(TrainerCheckpoints, AbandonedTemporaryDirectoriesAreRemoved) {
   args.per_device_train_batch_size = 4;
   args.max_steps = 1;
   ::mkdir(args.output_dir.c_str(), 0755);
-  const pid_t dead = ::fork();
-  if (dead == 0) ::_exit(0);
+  const pid_t dead = exited_process();
   ASSERT_GT(dead, 0);
-  ::waitpid(dead, nullptr, 0);
   const auto abandoned = args.output_dir + "/.tmp-checkpoint-5-" + std::to_string(dead);
   const auto live = args.output_dir + "/.tmp-checkpoint-6-" + std::to_string(::getppid());
   ASSERT_EQ(::mkdir(abandoned.c_str(), 0755), 0);
@@ -547,10 +556,8 @@ TEST(TrainerCheckpoints, ACompleteTemporaryCheckpointIsRenamedIntoPlace) {
   args.per_device_train_batch_size = 4;
   args.max_steps = 1;
   ::mkdir(args.output_dir.c_str(), 0755);
-  const pid_t dead = ::fork();
-  if (dead == 0) ::_exit(0);
+  const pid_t dead = exited_process();
   ASSERT_GT(dead, 0);
-  ::waitpid(dead, nullptr, 0);
   const auto suffix = "-" + std::to_string(dead);
   const auto complete = args.output_dir + "/.tmp-checkpoint-5" + suffix;
   const auto trash = args.output_dir + "/.trash-checkpoint-5" + suffix;
